@@ -55,16 +55,18 @@ class DatasetInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., identifier_kind: _Optional[str] = ..., epoch_id: _Optional[str] = ..., size: _Optional[int] = ..., aggregate_columns: _Optional[_Iterable[str]] = ..., disclosable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("jurisdiction", "policy_version", "datasets", "software_version")
+    __slots__ = ("jurisdiction", "policy_version", "datasets", "software_version", "certificate_pem")
     JURISDICTION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     jurisdiction: str
     policy_version: str
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
     software_version: str
-    def __init__(self, jurisdiction: _Optional[str] = ..., policy_version: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., software_version: _Optional[str] = ...) -> None: ...
+    certificate_pem: bytes
+    def __init__(self, jurisdiction: _Optional[str] = ..., policy_version: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., software_version: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class GetFilterRequest(_message.Message):
     __slots__ = ("dataset", "epoch_id")

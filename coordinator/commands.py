@@ -1,0 +1,95 @@
+"""Investigator commands: read the federation and watchlist, run the query, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.status import Status
+
+from coordinator.federation import load_federation
+from coordinator.match import (
+    FilterCache,
+    MatchQuery,
+    Progress,
+    ensure_investigator_certificate,
+    run_match,
+)
+from coordinator.report import WatchlistSummary, render
+from coordinator.transport import GrpcTransports
+from fedtrace.errors import ExitCode, FedtraceError
+from fedtrace.identifiers import InvalidIdentifier, load_watchlist
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+class WatchlistError(FedtraceError):
+    """The watchlist has invalid lines and --skip-invalid was not given."""
+
+
+@contextmanager
+def progress_display(enabled: bool) -> Iterator[Progress]:
+    """A live status line on stderr when it is a terminal; silent otherwise."""
+    if not enabled:
+        yield lambda node, what: None
+        return
+    console = Console(file=sys.stderr)
+    states: dict[str, str] = {}
+    with Status("starting", console=console) as status:
+
+        def update(node: str, what: str) -> None:
+            states[node] = what
+            status.update(" · ".join(f"{n}: {w}" for n, w in states.items()))
+
+        yield update
+
+
+def query_match(args: argparse.Namespace) -> int:
+    federation = load_federation(Path(args.federation))
+    nodes = federation.select(tuple(args.nodes.split(",")) if args.nodes else None)
+    kind = args.kind or ("person" if args.dataset == "subjects" else "wallet")
+    watchlist_path = Path(args.watchlist)
+    try:
+        watchlist = load_watchlist(watchlist_path, kind, args.column)
+    except (InvalidIdentifier, ValueError, OSError) as exc:
+        raise WatchlistError(f"{watchlist_path}: {getattr(exc, 'reason', exc)}") from None
+    if watchlist.problems:
+        for problem in watchlist.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"{watchlist_path}:{problem.line}: {problem.reason}", file=sys.stderr)
+        if len(watchlist.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"… and {len(watchlist.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+        if not args.skip_invalid:
+            raise WatchlistError(
+                f"{watchlist_path}: {len(watchlist.problems)} invalid line(s); fix them or pass "
+                "--skip-invalid to query the valid ones"
+            )
+    if not watchlist.items:
+        raise WatchlistError(f"{watchlist_path}: no valid identifiers to query")
+    transports = GrpcTransports(federation)
+    investigator = ensure_investigator_certificate(
+        federation.cert.read_bytes(), transports.ca_pem, federation.cert
+    )
+    dataset_kind = "person" if kind == "person" else "wallet"
+    query = MatchQuery(
+        dataset=args.dataset, case_ref=args.case, legal_basis=args.legal_basis,
+        kind=dataset_kind, items=watchlist.items, investigator=investigator,
+        disclosure=1 if args.cardinality else 3,
+    )
+    with progress_display(sys.stderr.isatty()) as progress:
+        results = run_match(federation, query, transports, transports.ca_pem, nodes=nodes,
+                            cache=FilterCache.default(), progress=progress)
+    summary = WatchlistSummary(
+        file=str(watchlist_path), kind=kind, lines=watchlist.lines, items=len(watchlist.items),
+        duplicates=watchlist.duplicates, skipped_invalid=len(watchlist.problems),
+    )
+    text = render(args.format, args.case, "match", args.dataset, results, summary,
+                  args.legal_basis)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK if all(r.status == "ok" for r in results) else ExitCode.PARTIAL

@@ -1,0 +1,70 @@
+"""FED.toml: the investigator's identity and the roster of nodes, parsed into frozen values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedtrace.errors import ConfigError
+from fedtrace.tomlconfig import TableReader, load_toml
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    name: str  # jurisdiction code, checked against the node's certificate
+    address: str
+
+
+@dataclass(frozen=True)
+class Federation:
+    path: Path
+    investigator: str
+    cert: Path
+    key: Path
+    ca: Path
+    nodes: tuple[NodeEntry, ...]
+    deadline_seconds: float
+
+    def select(self, names: tuple[str, ...] | None) -> tuple[NodeEntry, ...]:
+        if not names:
+            return self.nodes
+        known = {n.name: n for n in self.nodes}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"--nodes names {', '.join(unknown)}, not in {self.path} "
+                f"(it lists {', '.join(known) or 'no nodes'})"
+            )
+        return tuple(known[n] for n in names)
+
+
+def load_federation(path: Path) -> Federation:
+    top = TableReader(load_toml(path, "federation file"), str(path),
+                      ("investigator", "node", "query"))
+    base = path.parent
+    inv = TableReader(top.required("investigator", dict), f"{path} [investigator]",
+                      ("name", "cert", "key", "ca"))
+    query = TableReader(top.optional("query", dict, {}), f"{path} [query]", ("deadline_seconds",))
+    nodes = []
+    for i, table in enumerate(top.tables("node")):
+        entry = TableReader(table, f"{path} [[node]] #{i + 1}", ("name", "address"))
+        nodes.append(NodeEntry(name=entry.required("name", str),
+                               address=entry.required("address", str)))
+        entry.finish()
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: node names must be unique, got {', '.join(names)}")
+    federation = Federation(
+        path=path,
+        investigator=inv.required("name", str),
+        cert=base / inv.required("cert", str),
+        key=base / inv.required("key", str),
+        ca=base / inv.required("ca", str),
+        nodes=tuple(nodes),
+        deadline_seconds=query.optional("deadline_seconds", float, 120.0),
+    )
+    for reader in (inv, query, top):
+        reader.finish()
+    if not federation.nodes:
+        raise ConfigError(f"{path}: no [[node]] entries; add one per partner node")
+    return federation

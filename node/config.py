@@ -1,0 +1,152 @@
+"""node.toml: the node's own configuration, parsed once into frozen, validated values."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedtrace.errors import ConfigError
+from fedtrace.tomlconfig import TableReader, load_toml
+
+NODE_FILE = "node.toml"
+DATASET_KINDS = ("wallet", "person")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A dataset: SQL over the node's tables yielding one row per identifier."""
+
+    name: str
+    kind: str  # "wallet": key_column holds canonical addresses; "person": name, DOB, document
+    sql: str
+    key_column: str
+    aggregate_columns: tuple[str, ...]
+    disclosable_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int
+    max_concurrent_queries: int
+    max_items_per_request: int  # hard ceiling, whatever a policy grants
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_dir: Path
+    jurisdiction: str
+    listen: str
+    database: Path
+    policy: Path
+    epoch_hours: float
+    tls: TlsConfig
+    limits: Limits
+    datasets: tuple[DatasetConfig, ...]
+
+    def dataset(self, name: str) -> DatasetConfig | None:
+        return next((d for d in self.datasets if d.name == name), None)
+
+
+def parse_listen(text: str, where: str) -> tuple[str, int]:
+    match = _LISTEN.match(text)
+    if not match or not 0 <= int(match.group(2)) <= 65535:
+        raise ConfigError(f"{where}: listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:7001")
+    return match.group(1), int(match.group(2))
+
+
+def load_node_config(node_dir: Path) -> NodeConfig:
+    path = node_dir / NODE_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"{node_dir}: no {NODE_FILE} here; create the node with "
+            f"`fedtrace node init {node_dir} --jurisdiction CODE --ca CA_DIR`"
+        )
+    top = TableReader(
+        load_toml(path, "node configuration"),
+        str(path),
+        ("jurisdiction", "listen", "database", "policy", "epoch_hours", "tls", "limits", "dataset"),
+    )
+    jurisdiction = top.required("jurisdiction", str)
+    listen = top.optional("listen", str, "127.0.0.1:7001")
+    parse_listen(listen, str(path))
+    epoch_hours = top.optional("epoch_hours", float, 24.0)
+    if epoch_hours <= 0:
+        raise ConfigError(f"{path}: 'epoch_hours' must be positive")
+
+    tls_table = top.optional("tls", dict, {})
+    tls = TableReader(tls_table, f"{path} [tls]", ("cert", "key", "ca"))
+    tls_config = TlsConfig(
+        cert=node_dir / tls.optional("cert", str, "tls/cert.pem"),
+        key=node_dir / tls.optional("key", str, "tls/key.pem"),
+        ca=node_dir / tls.optional("ca", str, "tls/ca.pem"),
+    )
+    tls.finish()
+
+    limits_reader = TableReader(
+        top.optional("limits", dict, {}),
+        f"{path} [limits]",
+        ("max_message_bytes", "max_concurrent_queries", "max_items_per_request"),
+    )
+    limits = Limits(
+        max_message_bytes=limits_reader.optional("max_message_bytes", int, 4 * 1024 * 1024),
+        max_concurrent_queries=limits_reader.optional("max_concurrent_queries", int, 8),
+        max_items_per_request=limits_reader.optional("max_items_per_request", int, 2_000_000),
+    )
+    limits_reader.finish()
+    if limits.max_message_bytes < 1024 * 1024 or limits.max_concurrent_queries < 1:
+        raise ConfigError(f"{path} [limits]: message limit must be >= 1 MiB, concurrency >= 1")
+
+    datasets = tuple(
+        _dataset(table, f"{path} [[dataset]] #{i + 1}")
+        for i, table in enumerate(top.tables("dataset"))
+    )
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: dataset names must be unique, got {names}")
+    config = NodeConfig(
+        node_dir=node_dir,
+        jurisdiction=jurisdiction,
+        listen=listen,
+        database=node_dir / top.optional("database", str, "node.duckdb"),
+        policy=node_dir / top.optional("policy", str, "policy.toml"),
+        epoch_hours=epoch_hours,
+        tls=tls_config,
+        limits=limits,
+        datasets=datasets,
+    )
+    top.finish()
+    return config
+
+
+def _dataset(table: dict[str, object], where: str) -> DatasetConfig:
+    reader = TableReader(
+        dict(table),
+        where,
+        ("name", "kind", "sql", "key_column", "aggregate_columns", "disclosable_columns"),
+    )
+    name = reader.required("name", str)
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: dataset name {name!r} must be lower-case letters, digits, _")
+    kind = reader.required("kind", str)
+    if kind not in DATASET_KINDS:
+        raise ConfigError(f"{where}: kind {kind!r} must be one of {', '.join(DATASET_KINDS)}")
+    dataset = DatasetConfig(
+        name=name,
+        kind=kind,
+        sql=reader.required("sql", str),
+        key_column=reader.optional("key_column", str, "address" if kind == "wallet" else ""),
+        aggregate_columns=reader.string_list("aggregate_columns"),
+        disclosable_columns=reader.string_list("disclosable_columns"),
+    )
+    reader.finish()
+    return dataset

@@ -1,0 +1,181 @@
+"""Per-dataset epochs: a secret scalar, the shuffled blinded table T = {H(y)^b} and its filter.
+
+An epoch lasts `epoch_hours` or until the data or the dataset's definition
+changes. It is persisted in the node database so a restart reuses it; when a
+new epoch starts, the old secret scalar is deleted with its table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from fedtrace import gcs, group, psi
+from fedtrace.identifiers import InvalidIdentifier, person_keys
+from fedtrace.items import item_bytes
+from node.config import DatasetConfig
+from node.store import data_version, first_row
+
+log = logging.getLogger(__name__)
+
+FILTER_REMAINDER_BITS = 30  # false-positive rate 2^-30 ≈ 9.3e-10 per tested item
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS epochs (
+    dataset VARCHAR NOT NULL, epoch_id VARCHAR NOT NULL, created TIMESTAMPTZ NOT NULL,
+    data_version BIGINT NOT NULL, definition_sha256 VARCHAR NOT NULL, secret_key BLOB NOT NULL,
+    item_count BIGINT NOT NULL, table_points BLOB NOT NULL, filter_data BLOB NOT NULL,
+    remainder_bits INTEGER NOT NULL, PRIMARY KEY (dataset, epoch_id));
+"""
+
+
+class DatasetError(Exception):
+    """The dataset's SQL failed or yielded unusable rows; a message for the operator."""
+
+
+@dataclass(frozen=True)
+class Epoch:
+    dataset: str
+    epoch_id: str
+    created: datetime
+    data_version: int
+    definition_sha256: str
+    item_count: int
+    filter: gcs.GolombFilter
+    filter_sha256: bytes
+    # The secret scalar b: never leaves the node, never logged, not in repr.
+    secret_key: bytes = field(repr=False)
+
+    def is_current(self, version: int, definition: str, now: datetime, hours: float) -> bool:
+        return (
+            self.data_version == version
+            and self.definition_sha256 == definition
+            and now - self.created < timedelta(hours=hours)
+        )
+
+
+def definition_sha256(dataset: DatasetConfig) -> str:
+    text = "\x00".join((dataset.kind, dataset.key_column, dataset.sql))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataset_items(con: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[bytes]:
+    """The distinct identifier items of a dataset, encoded for hashing to the group."""
+    try:
+        relation = con.sql(dataset.sql)
+        columns = relation.columns
+        rows = relation.fetchall()
+    except duckdb.Error as exc:
+        raise DatasetError(
+            f"dataset {dataset.name!r}: its SQL failed: {str(exc).splitlines()[0]}"
+        ) from None
+    if dataset.kind == "wallet":
+        if dataset.key_column not in columns:
+            raise DatasetError(f"dataset {dataset.name!r}: SQL has no column {dataset.key_column!r}")
+        index = columns.index(dataset.key_column)
+        keys = {row[index] for row in rows if row[index] is not None}
+        return [item_bytes("wallet", key) for key in sorted(keys)]
+    needed = ("full_name", "date_of_birth", "document_number")
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DatasetError(f"dataset {dataset.name!r}: SQL lacks column(s) {', '.join(missing)}")
+    name_i, dob_i, doc_i = (columns.index(c) for c in needed)
+    person_items: set[bytes] = set()
+    for row in rows:
+        try:
+            keys = person_keys(str(row[name_i]), str(row[dob_i]), row[doc_i] or None)
+        except InvalidIdentifier:
+            continue  # cannot happen for ingested rows; ingest validated them
+        person_items.update(item_bytes("person", str(key)) for key in keys)
+    return sorted(person_items)
+
+
+def current_epoch(
+    con: duckdb.DuckDBPyConnection,
+    dataset: DatasetConfig,
+    epoch_hours: float,
+    *,
+    now: datetime | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Epoch:
+    """The dataset's epoch in force now, reusing the persisted one while it is current."""
+    con.execute(_DDL)
+    now = now or datetime.now(UTC)
+    version = data_version(con)
+    definition = definition_sha256(dataset)
+    stored = _load_latest(con, dataset.name)
+    if stored is not None and stored.is_current(version, definition, now, epoch_hours):
+        return stored
+    return _start_epoch(con, dataset, version, definition, now, progress)
+
+
+def _start_epoch(
+    con: duckdb.DuckDBPyConnection,
+    dataset: DatasetConfig,
+    version: int,
+    definition: str,
+    now: datetime,
+    progress: Callable[[str], None] | None,
+) -> Epoch:
+    items = dataset_items(con, dataset)
+    if progress:
+        progress(f"dataset {dataset.name}: blinding {len(items):,} items for a new epoch")
+    key = group.random_scalar()
+    table = psi.build_table(items, key)
+    filter_ = gcs.build_filter(table, remainder_bits=FILTER_REMAINDER_BITS)
+    epoch = Epoch(
+        dataset=dataset.name,
+        epoch_id=secrets.token_hex(8),
+        created=now,
+        data_version=version,
+        definition_sha256=definition,
+        item_count=len(items),
+        filter=filter_,
+        filter_sha256=hashlib.sha256(filter_.data).digest(),
+        secret_key=key,
+    )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        # The old epoch's scalar goes with it: answers under it can no longer be produced.
+        con.execute("DELETE FROM epochs WHERE dataset = ?", [dataset.name])
+        con.execute(
+            "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [dataset.name, epoch.epoch_id, now, version, definition, key, len(items),
+             b"".join(table), filter_.data, filter_.remainder_bits],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("dataset %s: new epoch %s over %d items", dataset.name, epoch.epoch_id, len(items))
+    return epoch
+
+
+def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str) -> Epoch | None:
+    row = first_row(
+        con,
+        "SELECT epoch_id, created, data_version, definition_sha256, secret_key, item_count, "
+        "filter_data, remainder_bits FROM epochs WHERE dataset = ? ORDER BY created DESC LIMIT 1",
+        [dataset],
+    )
+    if row is None:
+        return None
+    epoch_id, created, version, definition, key, count, filter_data, bits = row
+    filter_ = gcs.GolombFilter.from_bytes(int(count), int(bits), bytes(filter_data))
+    return Epoch(
+        dataset=dataset,
+        epoch_id=str(epoch_id),
+        created=created,
+        data_version=int(version),
+        definition_sha256=str(definition),
+        item_count=int(count),
+        filter=filter_,
+        filter_sha256=hashlib.sha256(filter_.data).digest(),
+        secret_key=bytes(key),
+    )

@@ -1,0 +1,137 @@
+"""The one place a node's gRPC server is built and run: mTLS, limits, health, reflection, SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedtrace.errors import ConfigError, FedtraceError
+from fedtrace.pki import read_key_pem
+from fedtrace.v1 import node_pb2, node_pb2_grpc
+from node import store
+from node.auth import IdentityInterceptor
+from node.config import NodeConfig, load_node_config, parse_listen
+from node.epoch import DatasetError, current_epoch
+from node.policy import load_policy
+from node.service import NodeServicer, NodeState, PolicyHolder
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+STOP_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class RunningNode:
+    server: grpc.Server
+    port: int
+    state: NodeState
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the node's {what}: {exc.strerror}") from None
+
+
+def load_state(config: NodeConfig, con: object, progress: Callable[[str], None]) -> NodeState:
+    """Policy, TLS material and one current epoch per dataset (built when none is reusable)."""
+    policy = load_policy(config.policy)
+    if policy.jurisdiction != config.jurisdiction:
+        raise ConfigError(
+            f"{config.policy}: policy is for {policy.jurisdiction!r} but this node is "
+            f"{config.jurisdiction!r}"
+        )
+    epochs = {}
+    for dataset in config.datasets:
+        try:
+            epochs[dataset.name] = current_epoch(con, dataset, config.epoch_hours,  # type: ignore[arg-type]
+                                                 progress=progress)
+        except DatasetError as exc:
+            raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
+    return NodeState(
+        config=config,
+        policies=PolicyHolder(policy),
+        epochs=epochs,
+        certificate_pem=_read(config.tls.cert, "certificate"),
+        key_pem=read_key_pem(config.tls.key),
+        concurrency=threading.BoundedSemaphore(config.limits.max_concurrent_queries),
+    )
+
+
+def build_server(state: NodeState, listen: str) -> RunningNode:
+    """mTLS-only server with message limits, health and reflection; port 0 picks a free port."""
+    config = state.config
+    host, port = parse_listen(listen, "--listen")
+    limit = config.limits.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.limits.max_concurrent_queries + 4),
+        interceptors=[IdentityInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+        maximum_concurrent_rpcs=config.limits.max_concurrent_queries * 4,
+    )
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(state.key_pem, state.certificate_pem)],
+        root_certificates=_read(config.tls.ca, "CA certificate"),
+        require_client_auth=True,
+    )
+    try:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise FedtraceError(f"cannot listen on {listen}: address in use or not available here")
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningNode(server=server, port=bound, state=state)
+
+
+def serve(node_dir: Path, listen: str | None = None) -> int:
+    """Run the node until SIGTERM or SIGINT; in-flight calls finish, then DuckDB is closed."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_node_config(node_dir)
+    con = store.connect(config.database)
+    try:
+        state = load_state(config, con, lambda message: log.info("%s", message))
+        running = build_server(state, listen or config.listen)
+        stopping = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing in-flight calls, then stopping", signum)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        running.server.start()
+        host, _ = parse_listen(listen or config.listen, "--listen")
+        print(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}", flush=True)
+        stopping.wait()
+        running.server.stop(STOP_GRACE_SECONDS).wait()
+        log.info("stopped")
+    finally:
+        con.close()
+    return 0

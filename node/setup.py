@@ -1,0 +1,102 @@
+"""`fedtrace node init`: a working node directory with default datasets and a deny-all policy."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fedtrace.errors import ConfigError
+from fedtrace.pki import ROLE_NODE, issue, validate_jurisdiction
+from node import store
+from node.config import NODE_FILE
+from node.policy import deny_all_policy_text
+
+WALLETS_SQL = """
+WITH legs AS (
+    SELECT from_address AS address, tx_hash, 0::DECIMAL(18, 2) AS eur_in,
+           amount_eur AS eur_out, "timestamp" FROM transactions
+    UNION ALL
+    SELECT to_address, tx_hash, amount_eur, 0::DECIMAL(18, 2), "timestamp" FROM transactions
+)
+SELECT address,
+       count(DISTINCT tx_hash) AS tx_count,
+       sum(eur_in)::DECIMAL(38, 2) AS total_in_eur,
+       sum(eur_out)::DECIMAL(38, 2) AS total_out_eur,
+       min("timestamp") AS first_seen,
+       max("timestamp") AS last_seen
+FROM legs GROUP BY address
+"""
+
+SUBJECTS_SQL = """
+SELECT subject_id, full_name, date_of_birth, document_number, nationality FROM subjects
+"""
+
+
+def node_toml_text(jurisdiction: str, listen: str) -> str:
+    def block(sql: str) -> str:
+        return '"""' + sql.rstrip() + '\n"""'
+
+    return f"""# fedtrace node configuration (see README, "Operators").
+jurisdiction = "{jurisdiction}"
+listen = "{listen}"
+database = "node.duckdb"
+policy = "policy.toml"   # the disclosure policy this node enforces
+epoch_hours = 24         # a new secret scalar per dataset at least this often
+
+[tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+ca = "tls/ca.pem"
+
+[limits]
+max_message_bytes = 4194304
+max_concurrent_queries = 8
+max_items_per_request = 2000000
+
+# Datasets: SQL over the node's tables, one row per identifier.
+[[dataset]]
+name = "wallets"
+kind = "wallet"
+key_column = "address"
+aggregate_columns = ["tx_count", "total_in_eur", "total_out_eur"]
+disclosable_columns = ["tx_count", "total_in_eur", "total_out_eur", "first_seen", "last_seen"]
+sql = {block(WALLETS_SQL)}
+
+[[dataset]]
+name = "subjects"
+kind = "person"
+aggregate_columns = []
+disclosable_columns = ["subject_id", "full_name", "date_of_birth", "nationality"]
+sql = {block(SUBJECTS_SQL)}
+"""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    node_dir: Path
+    certificate_issued: bool
+
+
+def init_node(node_dir: Path, jurisdiction: str, ca_dir: Path, listen: str) -> InitResult:
+    """Create NODE_DIR with node.toml, a deny-all policy, TLS material and an empty database."""
+    jurisdiction = validate_jurisdiction(jurisdiction)
+    if (node_dir / NODE_FILE).exists():
+        raise ConfigError(f"{node_dir}: already a node ({NODE_FILE} exists); nothing changed")
+    ca_cert = ca_dir / "ca.pem"
+    if not ca_cert.exists():
+        raise ConfigError(f"{ca_dir}: no ca.pem here; pass the federation CA directory with --ca")
+    node_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir = node_dir / "tls"
+    issued = (ca_dir / "ca.key").exists()
+    if issued:
+        issue(ca_dir, tls_dir, name=jurisdiction, role=ROLE_NODE)
+    else:
+        tls_dir.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(ca_cert, tls_dir / "ca.pem")
+    version = datetime.now(UTC).strftime("%Y-%m-%d") + ".1"
+    (node_dir / "policy.toml").write_text(deny_all_policy_text(jurisdiction, version))
+    (node_dir / NODE_FILE).write_text(node_toml_text(jurisdiction, listen))
+    store.connect(node_dir / "node.duckdb").close()
+    return InitResult(node_dir=node_dir, certificate_issued=issued)
