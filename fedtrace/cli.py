@@ -50,12 +50,9 @@ def _node_ingest(args: argparse.Namespace) -> int:
     from node.config import load_node_config
 
     config = load_node_config(Path(args.node_dir))
-    con = store.connect(config.database)
-    try:
+    with store.NodeDatabase(config.database).session() as con:
         summary = store.ingest(con, Path(args.file), args.table,
                                allow_duplicate=args.allow_duplicate)
-    finally:
-        con.close()
     print(f"{summary.file}: {summary.rows_loaded:,} of {summary.rows_read:,} rows loaded into "
           f"{summary.table}; {summary.rows_rejected:,} rejected (data version "
           f"{summary.data_version})")

@@ -20,7 +20,7 @@ from fedtrace import gcs, group, psi
 from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
 from node.config import DatasetConfig
-from node.store import data_version, first_row
+from node.store import NodeDatabase, data_version, first_row
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def dataset_items(con: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> lis
 
 
 def current_epoch(
-    con: duckdb.DuckDBPyConnection,
+    database: NodeDatabase,
     dataset: DatasetConfig,
     epoch_hours: float,
     *,
@@ -105,25 +105,16 @@ def current_epoch(
     progress: Callable[[str], None] | None = None,
 ) -> Epoch:
     """The dataset's epoch in force now, reusing the persisted one while it is current."""
-    con.execute(_DDL)
     now = now or datetime.now(UTC)
-    version = data_version(con)
     definition = definition_sha256(dataset)
-    stored = _load_latest(con, dataset.name)
-    if stored is not None and stored.is_current(version, definition, now, epoch_hours):
-        return stored
-    return _start_epoch(con, dataset, version, definition, now, progress)
-
-
-def _start_epoch(
-    con: duckdb.DuckDBPyConnection,
-    dataset: DatasetConfig,
-    version: int,
-    definition: str,
-    now: datetime,
-    progress: Callable[[str], None] | None,
-) -> Epoch:
-    items = dataset_items(con, dataset)
+    with database.session() as con:
+        con.execute(_DDL)
+        version = data_version(con)
+        stored = _load_latest(con, dataset.name)
+        if stored is not None and stored.is_current(version, definition, now, epoch_hours):
+            return stored
+        items = dataset_items(con, dataset)
+    # Blinding takes long on big datasets: it runs with the database released.
     if progress:
         progress(f"dataset {dataset.name}: blinding {len(items):,} items for a new epoch")
     key = group.random_scalar()
@@ -140,21 +131,30 @@ def _start_epoch(
         filter_sha256=hashlib.sha256(filter_.data).digest(),
         secret_key=key,
     )
-    con.execute("BEGIN TRANSACTION")
-    try:
-        # The old epoch's scalar goes with it: answers under it can no longer be produced.
-        con.execute("DELETE FROM epochs WHERE dataset = ?", [dataset.name])
-        con.execute(
-            "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [dataset.name, epoch.epoch_id, now, version, definition, key, len(items),
-             b"".join(table), filter_.data, filter_.remainder_bits],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    with database.session() as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            # The old epoch's scalar goes with it: answers under it can no longer be produced.
+            con.execute("DELETE FROM epochs WHERE dataset = ?", [dataset.name])
+            con.execute(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [dataset.name, epoch.epoch_id, now, version, definition, key, len(items),
+                 b"".join(table), filter_.data, filter_.remainder_bits],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     log.info("dataset %s: new epoch %s over %d items", dataset.name, epoch.epoch_id, len(items))
     return epoch
+
+
+def epoch_is_current(database: NodeDatabase, epoch: Epoch, dataset: DatasetConfig,
+                     epoch_hours: float) -> bool:
+    """Cheap check for the server's refresher: same data, same definition, not expired."""
+    with database.session() as con:
+        version = data_version(con)
+    return epoch.is_current(version, definition_sha256(dataset), datetime.now(UTC), epoch_hours)
 
 
 def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str) -> Epoch | None:

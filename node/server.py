@@ -22,7 +22,7 @@ from fedtrace.v1 import node_pb2, node_pb2_grpc
 from node import store
 from node.auth import IdentityInterceptor
 from node.config import NodeConfig, load_node_config, parse_listen
-from node.epoch import DatasetError, current_epoch
+from node.epoch import DatasetError, current_epoch, epoch_is_current
 from node.policy import load_policy
 from node.service import NodeServicer, NodeState, PolicyHolder
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 STOP_GRACE_SECONDS = 30.0
+EPOCH_CHECK_SECONDS = 10.0
 
 
 @dataclass
@@ -46,7 +47,9 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"{path}: cannot read the node's {what}: {exc.strerror}") from None
 
 
-def load_state(config: NodeConfig, con: object, progress: Callable[[str], None]) -> NodeState:
+def load_state(
+    config: NodeConfig, database: store.NodeDatabase, progress: Callable[[str], None]
+) -> NodeState:
     """Policy, TLS material and one current epoch per dataset (built when none is reusable)."""
     policy = load_policy(config.policy)
     if policy.jurisdiction != config.jurisdiction:
@@ -57,12 +60,13 @@ def load_state(config: NodeConfig, con: object, progress: Callable[[str], None])
     epochs = {}
     for dataset in config.datasets:
         try:
-            epochs[dataset.name] = current_epoch(con, dataset, config.epoch_hours,  # type: ignore[arg-type]
+            epochs[dataset.name] = current_epoch(database, dataset, config.epoch_hours,
                                                  progress=progress)
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
     return NodeState(
         config=config,
+        database=database,
         policies=PolicyHolder(policy),
         epochs=epochs,
         certificate_pem=_read(config.tls.cert, "certificate"),
@@ -107,31 +111,49 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
     return RunningNode(server=server, port=bound, state=state)
 
 
+def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float) -> None:
+    """Start a new epoch when a dataset's data changed or its epoch expired; old one serves meanwhile."""
+    while not stop.wait(every_seconds):
+        for dataset in state.config.datasets:
+            try:
+                epoch = state.epochs[dataset.name]
+                if not epoch_is_current(state.database, epoch, dataset, state.config.epoch_hours):
+                    state.epochs[dataset.name] = current_epoch(
+                        state.database, dataset, state.config.epoch_hours,
+                        progress=lambda message: log.info("%s", message),
+                    )
+            except Exception:  # noqa: BLE001 - keep serving the current epoch; say why
+                log.exception("dataset %s: could not start a new epoch", dataset.name)
+
+
 def serve(node_dir: Path, listen: str | None = None) -> int:
-    """Run the node until SIGTERM or SIGINT; in-flight calls finish, then DuckDB is closed."""
+    """Run the node until SIGTERM or SIGINT; in-flight calls finish, then the server exits."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_node_config(node_dir)
-    con = store.connect(config.database)
-    try:
-        state = load_state(config, con, lambda message: log.info("%s", message))
-        running = build_server(state, listen or config.listen)
-        stopping = threading.Event()
+    database = store.NodeDatabase(config.database)
+    state = load_state(config, database, lambda message: log.info("%s", message))
+    running = build_server(state, listen or config.listen)
+    stopping = threading.Event()
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %d: finishing in-flight calls, then stopping", signum)
-            stopping.set()
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing in-flight calls, then stopping", signum)
+        stopping.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        running.server.start()
-        host, _ = parse_listen(listen or config.listen, "--listen")
-        print(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}", flush=True)
-        stopping.wait()
-        running.server.stop(STOP_GRACE_SECONDS).wait()
-        log.info("stopped")
-    finally:
-        con.close()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.server.start()
+    refresher = threading.Thread(
+        target=refresh_epochs, args=(state, stopping, EPOCH_CHECK_SECONDS), daemon=True,
+        name="epoch-refresher",
+    )
+    refresher.start()
+    host, _ = parse_listen(listen or config.listen, "--listen")
+    print(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}", flush=True)
+    stopping.wait()
+    running.server.stop(STOP_GRACE_SECONDS).wait()
+    refresher.join(timeout=STOP_GRACE_SECONDS)
+    log.info("stopped")
     return 0

@@ -24,6 +24,7 @@ from node.auth import peer_identity
 from node.config import NodeConfig
 from node.epoch import Epoch
 from node.policy import Level, Policy, decide_match, load_policy
+from node.store import NodeDatabase
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def _stamp(policy: Policy) -> tuple[int, int]:
 @dataclass
 class NodeState:
     config: NodeConfig
+    database: NodeDatabase
     policies: PolicyHolder
     epochs: dict[str, Epoch]
     certificate_pem: bytes

@@ -10,7 +10,9 @@ import csv
 import hashlib
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,37 @@ class IngestSummary:
     extra_columns: tuple[str, ...]
 
 
+class NodeDatabase:
+    """The node's DuckDB file, opened per unit of work so several processes can take turns.
+
+    DuckDB admits one process at a time. The server, `node ingest` and the officer's
+    commands therefore hold the file only for the work at hand, and wait (up to
+    `busy_seconds`) while another process has it, instead of failing at once.
+    """
+
+    def __init__(self, path: Path, *, busy_seconds: float = 60.0) -> None:
+        self.path = path
+        self.busy_seconds = busy_seconds
+
+    @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.busy_seconds
+        pause = 0.02
+        while True:
+            try:
+                con = connect(self.path)
+                break
+            except DatabaseBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the node database, creating the schema; a lock held elsewhere is a clear error."""
     try:
@@ -107,8 +140,8 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise DatabaseBusy(
-                f"{path}: the node database is in use by another process (is `fedtrace node "
-                "serve` running?); stop it, then retry"
+                f"{path}: the node database stayed in use by another process (a long ingest "
+                "or epoch build?); retry when it has finished"
             ) from None
         raise FedtraceError(f"{path}: cannot open the node database: {exc}") from None
     if not read_only:

@@ -11,7 +11,7 @@ from fedtrace.identifiers import canonical_address
 from fedtrace.pki import verify_signature
 from fedtrace.transcript import Transcript
 
-from .conftest import Federation, fedtrace
+from .conftest import Federation, fedtrace, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -127,12 +127,18 @@ def test_node_refuses_a_client_certificate_from_another_ca(federation: Federatio
 
 
 def test_stopped_node_is_unavailable_while_others_answer(federation: Federation) -> None:
-    fed = federation.write_fed("one-down.toml", addresses={"SG": "127.0.0.1:1"})
-    status, report, stderr = federation.match(_watchlist(federation), fed=fed)
+    node = federation.nodes["SG"]
+    assert node.stop() == 0
+    try:
+        status, report, stderr = federation.match(_watchlist(federation))
+    finally:
+        node.start()
+        federation.write_fed()
     assert report is not None, stderr
     assert status == 3
     results = _by_node(report)
     assert results["SG"]["status"] == "unavailable"
+    assert "did not answer" in results["SG"]["reason"]  # type: ignore[operator]
     assert results["EE"]["status"] == "ok"
     assert results["EE"]["matched"] == _oracle(federation, _watchlist(federation), "EE")
 
@@ -175,34 +181,30 @@ def test_restart_reuses_the_epoch_and_ingest_starts_a_new_one(federation: Federa
     assert before is not None
     epoch = _by_node(before)["EE"]["epoch_id"]
     assert node.stop(signal.SIGTERM) == 0  # graceful stop exits 0
-    busy = fedtrace("node", "ingest", str(node.node_dir), "/nonexistent.csv", "--table",
-                    "transactions")
-    assert busy.returncode == 2 and "no such file" in busy.stderr
     node.start()
-    fed = federation.write_fed()
-    _, after, _ = federation.match(watchlist, "--nodes", "EE", fed=fed)
+    federation.write_fed()
+    _, after, _ = federation.match(watchlist, "--nodes", "EE")
     assert after is not None and _by_node(after)["EE"]["epoch_id"] == epoch
 
-    node.stop()
+    # Ingest while the node serves: it waits its turn for the database, and the node
+    # starts a new epoch over the new data without a restart.
+    new_wallet = f"0x{0xfeed:040x}"
+    sender = f"0x{0xbeef:040x}"
     extra = federation.root / "extra.csv"
-    new_wallet = sorted(federation.data.wallets["SG"] - federation.data.wallets["EE"])[0]
-    sender = sorted(federation.data.wallets["EE"])[0]
-    chain = "eth" if new_wallet.startswith("0x") == sender.startswith("0x") else None
-    if chain is None:  # keep the transfer on one chain
-        sender = next(w for w in sorted(federation.data.wallets["EE"])
-                      if w.startswith("0x") == new_wallet.startswith("0x"))
-    chain_name = "eth" if new_wallet.startswith("0x") else "btc"
     extra.write_text(
         "tx_hash,chain,from_address,to_address,asset,amount,amount_eur,timestamp\n"
-        f"extra-1,{chain_name},{sender},{new_wallet},X,1,10.00,2026-01-01T00:00:00Z\n"
+        f"extra-1,eth,{sender},{new_wallet},ETH,1,10.00,2026-01-01T00:00:00Z\n"
     )
     done = fedtrace("node", "ingest", str(node.node_dir), str(extra), "--table", "transactions")
     assert done.returncode == 0, done.stderr
-    node.start()
-    fed = federation.write_fed()
     (federation.root / "one.txt").write_text(new_wallet + "\n")
-    _, report, _ = federation.match(federation.root / "one.txt", "--nodes", "EE", fed=fed)
-    assert report is not None
-    result = _by_node(report)["EE"]
-    assert result["epoch_id"] != epoch
-    assert result["matched"] == [new_wallet]
+
+    def matched_new() -> bool:
+        _, report, _ = federation.match(federation.root / "one.txt", "--nodes", "EE")
+        assert report is not None
+        result = _by_node(report)["EE"]
+        return result["matched"] == [new_wallet] and result["epoch_id"] != epoch
+
+    wait_until(matched_new, timeout=40)
+    again = fedtrace("node", "ingest", str(node.node_dir), str(extra), "--table", "transactions")
+    assert again.returncode == 2 and "already ingested" in again.stderr
