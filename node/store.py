@@ -190,16 +190,16 @@ def ingest(
             f"{file}: this exact file was already ingested into {table} at "
             f"{earlier[0]:%Y-%m-%d %H:%M} UTC; pass --allow-duplicate to load it again"
         )
-    header, rows = _read(file)
-    missing = [c for c in REQUIRED_COLUMNS[table] if c not in header]
-    if missing:
-        raise IngestError(
-            f"{file}: missing column(s) {', '.join(missing)} for table {table}; "
-            f"expected {', '.join(TABLE_COLUMNS[table])}"
-        )
-    standard = TABLE_COLUMNS[table]
-    extras = tuple(c for c in header if c not in standard)
-    staged = _stage(table, header, standard, extras, rows, progress)
+    with _open_rows(file) as (header, rows):
+        missing = [c for c in REQUIRED_COLUMNS[table] if c not in header]
+        if missing:
+            raise IngestError(
+                f"{file}: missing column(s) {', '.join(missing)} for table {table}; "
+                f"expected {', '.join(TABLE_COLUMNS[table])}"
+            )
+        standard = TABLE_COLUMNS[table]
+        extras = tuple(c for c in header if c not in standard)
+        staged = _stage(table, header, standard, extras, rows, progress)
 
     con.execute("BEGIN TRANSACTION")
     try:
@@ -295,18 +295,65 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _read(file: Path) -> tuple[list[str], Iterator[tuple[int, list[str | None]]]]:
+@contextmanager
+def _open_rows(file: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str | None]]]]]:
     """Header and (line number, fields) rows; CSV with exact line numbers, Parquet by row."""
     if file.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(file)
-    return _read_csv(file)
+        yield _read_parquet(file)
+        return
+    csv.field_size_limit(MAX_FIELD_BYTES)
+    with io.open(file, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise IngestError(f"{file}: empty file, expected a CSV header line") from None
+        except UnicodeDecodeError as exc:
+            raise IngestError(
+                f"{file}: line {_first_bad_utf8_line(file)}: not UTF-8 text ({exc.reason}); "
+                "nothing was loaded"
+            ) from None
+        except csv.Error as exc:
+            raise IngestError(f"{file}: line 1: broken CSV: {exc}") from None
+        if len(set(header)) != len(header) or any(not h for h in header):
+            raise IngestError(f"{file}: line 1: header has empty or repeated column names")
+        yield header, _csv_rows(file, reader)
+
+
+def _csv_rows(file: Path, reader: Any) -> Iterator[tuple[int, list[str | None]]]:
+    line = reader.line_num
+    try:
+        for fields in reader:
+            if fields:
+                yield line + 1, list(fields)
+            line = reader.line_num
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{file}: line {_first_bad_utf8_line(file)}: not UTF-8 text ({exc.reason}); "
+            "nothing was loaded"
+        ) from None
+    except csv.Error as exc:
+        raise IngestError(
+            f"{file}: line {reader.line_num}: broken CSV ({exc}); nothing was loaded"
+        ) from None
+
+
+def _first_bad_utf8_line(file: Path) -> int:
+    """Text is decoded in blocks, so the decoder's position is not the line: find it."""
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _read_parquet(file: Path) -> tuple[list[str], Iterator[tuple[int, list[str | None]]]]:
     try:
         relation = duckdb.sql(f"SELECT * FROM read_parquet('{_sql_string(str(file))}')")
         header = list(relation.columns)
-        table = relation.arrow()
+        table = relation.to_arrow_table()
     except duckdb.Error as exc:
         raise IngestError(f"{file}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
     columns = [
@@ -323,42 +370,6 @@ def _read_parquet(file: Path) -> tuple[list[str], Iterator[tuple[int, list[str |
 
 def _sql_string(text: str) -> str:
     return text.replace("'", "''")
-
-
-def _read_csv(file: Path) -> tuple[list[str], Iterator[tuple[int, list[str | None]]]]:
-    csv.field_size_limit(MAX_FIELD_BYTES)
-    try:
-        handle = io.open(file, encoding="utf-8-sig", newline="")
-        reader = csv.reader(handle, strict=True)
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise IngestError(f"{file}: empty file, expected a CSV header line") from None
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{file}: line 1: not UTF-8 text ({exc.reason})") from None
-    except csv.Error as exc:
-        raise IngestError(f"{file}: line 1: broken CSV: {exc}") from None
-    if len(set(header)) != len(header) or any(not h for h in header):
-        raise IngestError(f"{file}: line 1: header has empty or repeated column names")
-
-    def rows() -> Iterator[tuple[int, list[str | None]]]:
-        with handle:
-            line = reader.line_num
-            try:
-                for fields in reader:
-                    if fields:
-                        yield line + 1, list(fields)
-                    line = reader.line_num
-            except UnicodeDecodeError as exc:
-                raise IngestError(
-                    f"{file}: near line {reader.line_num + 1}: not UTF-8 text ({exc.reason}); "
-                    "nothing was loaded"
-                ) from None
-            except csv.Error as exc:
-                raise IngestError(
-                    f"{file}: line {reader.line_num}: broken CSV ({exc}); nothing was loaded"
-                ) from None
-
-    return header, rows()
 
 
 def _stage(
