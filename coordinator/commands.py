@@ -75,19 +75,33 @@ def query_match(args: argparse.Namespace) -> int:
     )
     dataset_kind = "person" if kind == "person" else "wallet"
     query = MatchQuery(
-        dataset=args.dataset, case_ref=args.case, legal_basis=args.legal_basis,
-        kind=dataset_kind, items=watchlist.items, investigator=investigator,
+        dataset=args.dataset,
+        case_ref=args.case,
+        legal_basis=args.legal_basis,
+        kind=dataset_kind,
+        items=watchlist.items,
+        investigator=investigator,
         disclosure=1 if args.cardinality else 3,
     )
     with progress_display(sys.stderr.isatty()) as progress:
-        results = run_match(federation, query, transports, transports.ca_pem, nodes=nodes,
-                            cache=FilterCache.default(), progress=progress)
+        results = run_match(
+            federation,
+            query,
+            transports,
+            transports.ca_pem,
+            nodes=nodes,
+            cache=FilterCache.default(),
+            progress=progress,
+        )
     summary = WatchlistSummary(
-        file=str(watchlist_path), kind=kind, lines=watchlist.lines, items=len(watchlist.items),
-        duplicates=watchlist.duplicates, skipped_invalid=len(watchlist.problems),
+        file=str(watchlist_path),
+        kind=kind,
+        lines=watchlist.lines,
+        items=len(watchlist.items),
+        duplicates=watchlist.duplicates,
+        skipped_invalid=len(watchlist.problems),
     )
-    text = render(args.format, args.case, "match", args.dataset, results, summary,
-                  args.legal_basis)
+    text = render(args.format, args.case, "match", args.dataset, results, summary, args.legal_basis)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:

@@ -39,17 +39,20 @@ class Federation:
 
 
 def load_federation(path: Path) -> Federation:
-    top = TableReader(load_toml(path, "federation file"), str(path),
-                      ("investigator", "node", "query"))
+    top = TableReader(
+        load_toml(path, "federation file"), str(path), ("investigator", "node", "query")
+    )
     base = path.parent
-    inv = TableReader(top.required("investigator", dict), f"{path} [investigator]",
-                      ("name", "cert", "key", "ca"))
+    inv = TableReader(
+        top.required("investigator", dict), f"{path} [investigator]", ("name", "cert", "key", "ca")
+    )
     query = TableReader(top.optional("query", dict, {}), f"{path} [query]", ("deadline_seconds",))
     nodes = []
     for i, table in enumerate(top.tables("node")):
         entry = TableReader(table, f"{path} [[node]] #{i + 1}", ("name", "address"))
-        nodes.append(NodeEntry(name=entry.required("name", str),
-                               address=entry.required("address", str)))
+        nodes.append(
+            NodeEntry(name=entry.required("name", str), address=entry.required("address", str))
+        )
         entry.finish()
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):

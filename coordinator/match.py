@@ -1,4 +1,4 @@
-"""The match query: blind the watchlist once, ask every node concurrently, unblind, test the filters.
+"""The match query: blind the watchlist once, ask every node concurrently, unblind, test filters.
 
 Each node is handled on its own thread against a shared deadline; one node
 failing or refusing becomes that node's result and never fails the others.
@@ -28,8 +28,13 @@ from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
 from fedtrace.v1 import node_pb2
 
 POINTS_PER_BATCH = 65_536
-LEVEL_LABELS = {1: "cardinality", 2: "aggregate", 3: "membership", 4: "disclosure-request",
-                5: "overlap"}
+LEVEL_LABELS = {
+    1: "cardinality",
+    2: "aggregate",
+    3: "membership",
+    4: "disclosure-request",
+    5: "overlap",
+}
 Progress = Callable[[str, str], None]  # (node, what is happening)
 
 
@@ -81,8 +86,9 @@ class FilterCache:
     def _path(self, key: tuple[str, str, str]) -> Path | None:
         return self.directory / ("-".join(key) + ".gcs") if self.directory else None
 
-    def get(self, key: tuple[str, str, str], header: node_pb2.FilterHeader | None = None
-            ) -> gcs.GolombFilter | None:
+    def get(
+        self, key: tuple[str, str, str], header: node_pb2.FilterHeader | None = None
+    ) -> gcs.GolombFilter | None:
         if key in self._memory:
             return self._memory[key]
         path = self._path(key)
@@ -104,8 +110,11 @@ class FilterCache:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(filter_.item_count.to_bytes(8, "big")
-                        + filter_.remainder_bits.to_bytes(4, "big") + filter_.data)
+        tmp.write_bytes(
+            filter_.item_count.to_bytes(8, "big")
+            + filter_.remainder_bits.to_bytes(4, "big")
+            + filter_.data
+        )
         tmp.replace(path)
 
 
@@ -170,17 +179,33 @@ def _query_node(
         dataset = next((d for d in info.datasets if d.name == query.dataset), None)
         if dataset is None:
             names = ", ".join(d.name for d in info.datasets) or "none"
-            raise NodeFailure("error", f"{entry.name} has no dataset {query.dataset!r} "
-                                       f"(it has: {names}); pick one with --dataset")
+            raise NodeFailure(
+                "error",
+                f"{entry.name} has no dataset {query.dataset!r} "
+                f"(it has: {names}); pick one with --dataset",
+            )
         if dataset.identifier_kind != query.kind:
-            raise NodeFailure("error", f"dataset {query.dataset!r} at {entry.name} holds "
-                                       f"{dataset.identifier_kind} identifiers, not {query.kind}")
-        filter_, filter_sha = _filter(entry, transport, query.dataset, dataset.epoch_id, cache,
-                                      deadline, report)
+            raise NodeFailure(
+                "error",
+                f"dataset {query.dataset!r} at {entry.name} holds "
+                f"{dataset.identifier_kind} identifiers, not {query.kind}",
+            )
+        filter_, filter_sha = _filter(
+            entry, transport, query.dataset, dataset.epoch_id, cache, deadline, report
+        )
         report(entry.name, f"evaluating {len(query.items):,} blinded items")
         try:
-            return _evaluate(entry, transport, query, blinded, filter_, filter_sha,
-                             dataset.epoch_id, node_cert, deadline)
+            return _evaluate(
+                entry,
+                transport,
+                query,
+                blinded,
+                filter_,
+                filter_sha,
+                dataset.epoch_id,
+                node_cert,
+                deadline,
+            )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and attempt == 0:
                 continue  # the node started a new epoch meanwhile: refetch its filter once
@@ -192,11 +217,13 @@ def _check_node_certificate(entry: NodeEntry, info: node_pb2.NodeInfo, ca_pem: b
     try:
         identity = verify_issued_by(info.certificate_pem, ca_pem)
     except InvalidCertificate as exc:
-        raise NodeFailure("error", f"{entry.name} presents an invalid signing certificate: {exc}"
-                          ) from None
+        raise NodeFailure(
+            "error", f"{entry.name} presents an invalid signing certificate: {exc}"
+        ) from None
     if identity.jurisdiction != entry.name or identity.role != ROLE_NODE:
-        raise NodeFailure("error", f"{entry.address} signs as {identity.describe()}, "
-                                   f"not as node {entry.name}")
+        raise NodeFailure(
+            "error", f"{entry.address} signs as {identity.describe()}, not as node {entry.name}"
+        )
     return bytes(info.certificate_pem)
 
 
@@ -214,15 +241,19 @@ def _filter(
     if cached is not None:
         return cached, hashlib.sha256(cached.data).hexdigest()
     report(entry.name, "fetching the epoch filter")
-    chunks = transport.filter(node_pb2.GetFilterRequest(dataset=dataset, epoch_id=epoch_id),
-                              _remaining(deadline))
+    chunks = transport.filter(
+        node_pb2.GetFilterRequest(dataset=dataset, epoch_id=epoch_id), _remaining(deadline)
+    )
     first = next(chunks, None)
     if first is None or first.WhichOneof("part") != "header":
         raise NodeFailure("error", f"{entry.name} sent a filter without its header")
     header = first.header
     if header.filter_kind != "gcs-v1" or header.epoch_id != epoch_id:
-        raise NodeFailure("error", f"{entry.name} sent a filter of kind {header.filter_kind!r} "
-                                   f"for epoch {header.epoch_id!r}; expected gcs-v1, {epoch_id}")
+        raise NodeFailure(
+            "error",
+            f"{entry.name} sent a filter of kind {header.filter_kind!r} "
+            f"for epoch {header.epoch_id!r}; expected gcs-v1, {epoch_id}",
+        )
     parts: list[bytes] = []
     received = 0
     for chunk in chunks:
@@ -245,7 +276,9 @@ def _requests(header: node_pb2.EvaluateHeader, blob: bytes) -> Iterator[node_pb2
     yield node_pb2.EvaluateRequest(header=header)
     step = POINTS_PER_BATCH * group.POINT_BYTES
     for start in range(0, len(blob), step):
-        yield node_pb2.EvaluateRequest(points=node_pb2.PointBatch(points=blob[start : start + step]))
+        yield node_pb2.EvaluateRequest(
+            points=node_pb2.PointBatch(points=blob[start : start + step])
+        )
 
 
 def _evaluate(
@@ -260,12 +293,17 @@ def _evaluate(
     deadline: float,
 ) -> NodeResult:
     context = node_pb2.QueryContext(
-        case_ref=query.case_ref, legal_basis=query.legal_basis, nonce=secrets.token_bytes(16),
+        case_ref=query.case_ref,
+        legal_basis=query.legal_basis,
+        nonce=secrets.token_bytes(16),
         timestamp_unix_ms=int(time.time() * 1000),
     )
     header = node_pb2.EvaluateHeader(
-        context=context, dataset=query.dataset, epoch_id=epoch_id,
-        disclosure=query.disclosure, item_count=len(blinded.blinded),
+        context=context,
+        dataset=query.dataset,
+        epoch_id=epoch_id,
+        disclosure=query.disclosure,
+        item_count=len(blinded.blinded),
     )
     sent = b"".join(blinded.blinded)
     responses = transport.evaluate(_requests(header, sent), _remaining(deadline))
@@ -282,26 +320,40 @@ def _evaluate(
             try:
                 points.extend(group.split_points(message.points.points))
             except group.InvalidPoint as exc:
-                raise NodeFailure("error", f"{entry.name} answered malformed points: {exc}"
-                                  ) from None
+                raise NodeFailure(
+                    "error", f"{entry.name} answered malformed points: {exc}"
+                ) from None
         elif part == "trailer" and summary is not None and trailer is None:
             trailer = message.trailer
         else:
             raise NodeFailure("error", f"{entry.name} answered out of protocol order")
     if summary is None or trailer is None or len(points) != len(blinded.blinded):
-        raise NodeFailure("error", f"{entry.name} answered {len(points)} of "
-                                   f"{len(blinded.blinded)} items or an incomplete stream")
+        raise NodeFailure(
+            "error",
+            f"{entry.name} answered {len(points)} of "
+            f"{len(blinded.blinded)} items or an incomplete stream",
+        )
     level = LEVEL_LABELS.get(summary.disclosure, "")
     transcript = Transcript(
-        jurisdiction=entry.name, investigator=query.investigator,
-        dataset=query.dataset, epoch_id=epoch_id, filter_sha256=filter_sha, disclosure=level,
-        shuffled=summary.shuffled, policy_version=summary.policy_version,
-        case_ref=query.case_ref, legal_basis=query.legal_basis, nonce=context.nonce.hex(),
-        timestamp_unix_ms=context.timestamp_unix_ms, item_count=len(points),
-        request_sha256=hashlib.sha256(sent).hexdigest(), response_sha256=digest.hexdigest(),
+        jurisdiction=entry.name,
+        investigator=query.investigator,
+        dataset=query.dataset,
+        epoch_id=epoch_id,
+        filter_sha256=filter_sha,
+        disclosure=level,
+        shuffled=summary.shuffled,
+        policy_version=summary.policy_version,
+        case_ref=query.case_ref,
+        legal_basis=query.legal_basis,
+        nonce=context.nonce.hex(),
+        timestamp_unix_ms=context.timestamp_unix_ms,
+        item_count=len(points),
+        request_sha256=hashlib.sha256(sent).hexdigest(),
+        response_sha256=digest.hexdigest(),
     )
-    return _result(entry, query, blinded, points, filter_, summary, level, transcript, trailer,
-                   node_cert)
+    return _result(
+        entry, query, blinded, points, filter_, summary, level, transcript, trailer, node_cert
+    )
 
 
 def _result(
@@ -317,18 +369,25 @@ def _result(
     node_cert: bytes,
 ) -> NodeResult:
     digest = transcript.digest()
-    if trailer.transcript_sha256 != digest or not verify_signature(node_cert, digest,
-                                                                   trailer.signature):
-        raise NodeFailure("error", f"{entry.name}'s signature does not match the exchange; "
-                                   "the answer was discarded")
+    if trailer.transcript_sha256 != digest or not verify_signature(
+        node_cert, digest, trailer.signature
+    ):
+        raise NodeFailure(
+            "error",
+            f"{entry.name}'s signature does not match the exchange; the answer was discarded",
+        )
     try:
         unblinded = blinded.unblind(points)
     except group.InvalidPoint as exc:
         raise NodeFailure("error", f"{entry.name} answered an invalid point: {exc}") from None
     hits = psi.membership(unblinded, filter_)
     result = NodeResult(
-        node=entry.name, status="ok", disclosure=level, match_count=sum(hits),
-        policy_version=summary.policy_version, epoch_id=summary.epoch_id,
+        node=entry.name,
+        status="ok",
+        disclosure=level,
+        match_count=sum(hits),
+        policy_version=summary.policy_version,
+        epoch_id=summary.epoch_id,
         signature={
             "algorithm": SIGNATURE_ALGORITHM,
             "transcript": transcript.__dict__,
@@ -349,21 +408,31 @@ def _rpc_failure(entry: NodeEntry, exc: grpc.RpcError) -> NodeResult:
         return NodeResult(entry.name, "denied", details)
     if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in details:
         return NodeResult(
-            entry.name, "error",
+            entry.name,
+            "error",
             f"UNAUTHENTICATED: {entry.name} at {entry.address} closed the TLS connection; it did "
             "not accept our certificate (is it issued by the federation CA and still valid?)",
         )
     if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
-        return NodeResult(entry.name, "error",
-                          f"UNAUTHENTICATED: the server at {entry.address} is not node "
-                          f"{entry.name} (its certificate names another jurisdiction)")
+        return NodeResult(
+            entry.name,
+            "error",
+            f"UNAUTHENTICATED: the server at {entry.address} is not node "
+            f"{entry.name} (its certificate names another jurisdiction)",
+        )
     if code == grpc.StatusCode.UNAVAILABLE and "CERTIFICATE_VERIFY_FAILED" in details:
-        return NodeResult(entry.name, "error",
-                          f"UNAUTHENTICATED: the server at {entry.address} presents a certificate "
-                          "not issued by the federation CA")
+        return NodeResult(
+            entry.name,
+            "error",
+            f"UNAUTHENTICATED: the server at {entry.address} presents a certificate "
+            "not issued by the federation CA",
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return NodeResult(entry.name, "unavailable",
-                          f"{entry.name} at {entry.address} did not answer ({code.name})")
+        return NodeResult(
+            entry.name,
+            "unavailable",
+            f"{entry.name} at {entry.address} did not answer ({code.name})",
+        )
     return NodeResult(entry.name, "error", f"{code.name}: {details}")
 
 

@@ -49,8 +49,12 @@ def result_json(result: NodeResult) -> dict[str, Any]:
 
 
 def report_json(
-    case: str, query: str, dataset: str, results: Sequence[NodeResult],
-    watchlist: WatchlistSummary | None = None, legal_basis: str = "",
+    case: str,
+    query: str,
+    dataset: str,
+    results: Sequence[NodeResult],
+    watchlist: WatchlistSummary | None = None,
+    legal_basis: str = "",
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "case": case,
@@ -66,12 +70,23 @@ def report_json(
 
 
 def render(
-    fmt: str, case: str, query: str, dataset: str, results: Sequence[NodeResult],
-    watchlist: WatchlistSummary | None = None, legal_basis: str = "",
+    fmt: str,
+    case: str,
+    query: str,
+    dataset: str,
+    results: Sequence[NodeResult],
+    watchlist: WatchlistSummary | None = None,
+    legal_basis: str = "",
 ) -> str:
     if fmt == "json":
-        return json.dumps(report_json(case, query, dataset, results, watchlist, legal_basis),
-                          indent=2, ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                report_json(case, query, dataset, results, watchlist, legal_basis),
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     if fmt == "csv":
         return _csv(results)
     return _table(case, query, dataset, results, watchlist)
@@ -80,18 +95,23 @@ def render(
 def _csv(results: Sequence[NodeResult]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["node", "status", "disclosure", "match_count", "identifier",
-                     "policy_version", "reason"])
+    writer.writerow(
+        ["node", "status", "disclosure", "match_count", "identifier", "policy_version", "reason"]
+    )
     for r in results:
         count = "" if r.match_count is None else r.match_count
-        for identifier in (r.matched or [""]):
-            writer.writerow([r.node, r.status, r.disclosure, count, identifier, r.policy_version,
-                             r.reason])
+        for identifier in r.matched or [""]:
+            writer.writerow(
+                [r.node, r.status, r.disclosure, count, identifier, r.policy_version, r.reason]
+            )
     return buffer.getvalue()
 
 
 def _table(
-    case: str, query: str, dataset: str, results: Sequence[NodeResult],
+    case: str,
+    query: str,
+    dataset: str,
+    results: Sequence[NodeResult],
     watchlist: WatchlistSummary | None,
 ) -> str:
     console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
@@ -103,14 +123,19 @@ def _table(
         table.add_column(column, overflow="fold")
     for r in results:
         table.add_row(
-            r.node, r.status, r.disclosure or "-",
+            r.node,
+            r.status,
+            r.disclosure or "-",
             "-" if r.match_count is None else str(r.match_count),
-            r.policy_version or "-", r.reason if r.status != "ok" else f"{r.seconds:.2f} s",
+            r.policy_version or "-",
+            r.reason if r.status != "ok" else f"{r.seconds:.2f} s",
         )
     console.print(table)
     if watchlist is not None and (watchlist.duplicates or watchlist.skipped_invalid):
-        console.print(f"watchlist {watchlist.file}: {watchlist.duplicates} duplicate(s) collapsed,"
-                      f" {watchlist.skipped_invalid} invalid line(s) skipped")
+        console.print(
+            f"watchlist {watchlist.file}: {watchlist.duplicates} duplicate(s) collapsed,"
+            f" {watchlist.skipped_invalid} invalid line(s) skipped"
+        )
     for r in results:
         if r.matched:
             console.print(f"\n{r.node} holds {len(r.matched)} of the watchlist items:")

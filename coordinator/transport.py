@@ -91,4 +91,6 @@ def _read(path: object, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} named in FED.toml: {exc.strerror}") from None
+        raise ConfigError(
+            f"{path}: cannot read the {what} named in FED.toml: {exc.strerror}"
+        ) from None

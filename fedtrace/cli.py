@@ -27,8 +27,9 @@ def _pki_init(args: argparse.Namespace) -> int:
 def _pki_issue(args: argparse.Namespace) -> int:
     from fedtrace.pki import issue
 
-    path = issue(Path(args.ca_dir), Path(args.out_dir), name=args.name, role=args.role,
-                 days=args.days)
+    path = issue(
+        Path(args.ca_dir), Path(args.out_dir), name=args.name, role=args.role, days=args.days
+    )
     print(f"{args.role} certificate for {args.name} issued: {path}")
     return ExitCode.OK
 
@@ -39,8 +40,10 @@ def _node_init(args: argparse.Namespace) -> int:
     result = init_node(Path(args.node_dir), args.jurisdiction, Path(args.ca), args.listen)
     print(f"node {args.jurisdiction} created in {result.node_dir}")
     if not result.certificate_issued:
-        print(f"  {args.ca} holds no CA key: have the secretariat issue a node certificate into "
-              f"{result.node_dir / 'tls'} (cert.pem, key.pem)")
+        print(
+            f"  {args.ca} holds no CA key: have the secretariat issue a node certificate into "
+            f"{result.node_dir / 'tls'} (cert.pem, key.pem)"
+        )
     print(f"  policy: {result.node_dir / 'policy.toml'} denies everything until a grant is added")
     return ExitCode.OK
 
@@ -51,17 +54,20 @@ def _node_ingest(args: argparse.Namespace) -> int:
 
     config = load_node_config(Path(args.node_dir))
     with store.NodeDatabase(config.database).session() as con:
-        summary = store.ingest(con, Path(args.file), args.table,
-                               allow_duplicate=args.allow_duplicate)
-    print(f"{summary.file}: {summary.rows_loaded:,} of {summary.rows_read:,} rows loaded into "
-          f"{summary.table}; {summary.rows_rejected:,} rejected (data version "
-          f"{summary.data_version})")
+        summary = store.ingest(
+            con, Path(args.file), args.table, allow_duplicate=args.allow_duplicate
+        )
+    print(
+        f"{summary.file}: {summary.rows_loaded:,} of {summary.rows_read:,} rows loaded into "
+        f"{summary.table}; {summary.rows_rejected:,} rejected (data version "
+        f"{summary.data_version})"
+    )
     if summary.extra_columns:
         print(f"  extra columns kept: {', '.join(summary.extra_columns)}")
     for rejection in summary.first_rejections:
         print(f"  line {rejection.line}: {rejection.reason}")
     if summary.rows_rejected > len(summary.first_rejections):
-        print(f"  … all rejections are in the node database's rejected_rows table")
+        print("  … all rejections are in the node database's rejected_rows table")
     return ExitCode.OK
 
 
@@ -107,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pki = commands.add_parser("pki", help="federation CA and certificates").add_subparsers(
-        dest="pki_command", required=True, metavar="ACTION")
+        dest="pki_command", required=True, metavar="ACTION"
+    )
     p = pki.add_parser("init", help="create the federation CA")
     p.add_argument("ca_dir", metavar="CA_DIR")
     p.set_defaults(run=_pki_init)
@@ -120,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_pki_issue)
 
     node = commands.add_parser("node", help="run a jurisdiction's node").add_subparsers(
-        dest="node_command", required=True, metavar="ACTION")
+        dest="node_command", required=True, metavar="ACTION"
+    )
     p = node.add_parser("init", help="create a node directory")
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("--jurisdiction", required=True)
@@ -130,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = node.add_parser("ingest", help="load a CSV or Parquet file into a standard table")
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--table", required=True, choices=("transactions", "subjects",
-                                                      "subject_wallets"))
-    p.add_argument("--allow-duplicate", action="store_true",
-                   help="load a file even if the same file was ingested before")
+    p.add_argument(
+        "--table", required=True, choices=("transactions", "subjects", "subject_wallets")
+    )
+    p.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="load a file even if the same file was ingested before",
+    )
     p.set_defaults(run=_node_ingest)
     p = node.add_parser("serve", help="serve the node over mutual TLS")
     p.add_argument("node_dir", metavar="NODE_DIR")
@@ -141,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_node_serve)
 
     query = commands.add_parser("query", help="investigator queries").add_subparsers(
-        dest="query_command", required=True, metavar="KIND")
+        dest="query_command", required=True, metavar="KIND"
+    )
     p = query.add_parser("match", help="which watchlist items each node holds")
     p.add_argument("--federation", required=True, metavar="FED.toml")
     p.add_argument("--watchlist", required=True, metavar="FILE")
@@ -149,23 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", required=True, metavar="REF")
     p.add_argument("--legal-basis", default="", metavar="B")
     p.add_argument("--nodes", metavar="A,B", help="only these nodes of the federation")
-    p.add_argument("--kind", choices=("wallet", "btc", "eth", "trx", "ltc", "iban", "person"),
-                   help="identifier kind of the watchlist (default: person for the subjects "
-                        "dataset, wallet otherwise)")
+    p.add_argument(
+        "--kind",
+        choices=("wallet", "btc", "eth", "trx", "ltc", "iban", "person"),
+        help="identifier kind of the watchlist (default: person for the subjects "
+        "dataset, wallet otherwise)",
+    )
     p.add_argument("--column", help="CSV watchlist column holding the identifiers")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="run even if some watchlist lines are invalid (they are counted)")
-    p.add_argument("--cardinality", action="store_true",
-                   help="ask only for the number of matches, not which items")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="run even if some watchlist lines are invalid (they are counted)",
+    )
+    p.add_argument(
+        "--cardinality",
+        action="store_true",
+        help="ask only for the number of matches, not which items",
+    )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
     p.set_defaults(run=_query_match)
 
-    p = commands.add_parser("id", help="identifier tools").add_subparsers(
-        dest="id_command", required=True, metavar="ACTION").add_parser(
-        "normalize", help="print the canonical form of each identifier")
-    p.add_argument("--kind", required=True,
-                   choices=("btc", "eth", "trx", "ltc", "iban", "wallet", "person"))
+    p = (
+        commands.add_parser("id", help="identifier tools")
+        .add_subparsers(dest="id_command", required=True, metavar="ACTION")
+        .add_parser("normalize", help="print the canonical form of each identifier")
+    )
+    p.add_argument(
+        "--kind", required=True, choices=("btc", "eth", "trx", "ltc", "iban", "wallet", "person")
+    )
     p.add_argument("values", nargs="+", metavar="VALUE")
     p.set_defaults(run=_id_normalize)
 
@@ -173,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="build the federation here and keep it")
     p.set_defaults(run=_demo)
     return parser
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

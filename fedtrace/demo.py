@@ -32,8 +32,9 @@ def _say(text: str) -> None:
 
 
 def _fedtrace(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedtrace.cli", *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise FedtraceError(f"`fedtrace {' '.join(args)}` failed: {done.stderr.strip()}")
     return done
@@ -48,9 +49,19 @@ def serving(node_dirs: dict[str, Path]) -> Iterator[dict[str, str]]:
         for code, node_dir in node_dirs.items():
             with (node_dir / "serve.log").open("w") as log:
                 processes[code] = subprocess.Popen(
-                    [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(node_dir),
-                     "--listen", "127.0.0.1:0"],
-                    stdout=subprocess.PIPE, stderr=log, text=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedtrace.cli",
+                        "node",
+                        "serve",
+                        str(node_dir),
+                        "--listen",
+                        "127.0.0.1:0",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
                 )
         for code, process in processes.items():
             addresses[code] = _wait_for_port(code, process, node_dirs[code] / "serve.log")
@@ -79,7 +90,7 @@ def _wait_for_port(code: str, process: subprocess.Popen[str], log: Path) -> str:
 
 
 def build_federation(root: Path) -> tuple[dict[str, Path], Path]:
-    """CA, nodes with data and policies, the investigator's certificate; returns nodes and watchlist."""
+    """CA, nodes with data and policies, investigator certificate; returns nodes and watchlist."""
     _say(f"building a demo federation in {root}")
     init_ca(root / "ca")
     data = generate_federation_data(root / "data", JURISDICTIONS, 20_000)
@@ -89,8 +100,14 @@ def build_federation(root: Path) -> tuple[dict[str, Path], Path]:
         _fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
         shutil.copyfile(POLICY_DIR / f"{code}.toml", node_dir / "policy.toml")
         for table in ("transactions", "subjects", "subject_wallets"):
-            _fedtrace("node", "ingest", str(node_dir), str(root / "data" / code / f"{table}.csv"),
-                      "--table", table)
+            _fedtrace(
+                "node",
+                "ingest",
+                str(node_dir),
+                str(root / "data" / code / f"{table}.csv"),
+                "--table",
+                table,
+            )
         _say(f"  node {code}: {len(data.wallets[code]):,} wallets from 20,000 transactions")
         node_dirs[code] = node_dir
     issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
@@ -101,8 +118,12 @@ def build_federation(root: Path) -> tuple[dict[str, Path], Path]:
 
 def write_federation_file(root: Path, addresses: dict[str, str]) -> Path:
     lines = [
-        "[investigator]", f'name = "{INVESTIGATOR}"', 'cert = "investigator/cert.pem"',
-        'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "",
+        "[investigator]",
+        f'name = "{INVESTIGATOR}"',
+        'cert = "investigator/cert.pem"',
+        'key = "investigator/key.pem"',
+        'ca = "ca/ca.pem"',
+        "",
     ]
     for code, address in addresses.items():
         lines += ["[[node]]", f'name = "{code}"', f'address = "{address}"', ""]
@@ -121,10 +142,25 @@ def run_demo(keep: Path | None = None) -> int:
             federation = write_federation_file(root, addresses)
             _say(f"investigator {INVESTIGATOR}: matching a 200-address watchlist, case DEMO-1\n")
             done = subprocess.run(
-                [sys.executable, "-m", "fedtrace.cli", "query", "match", "--federation",
-                 str(federation), "--watchlist", str(watchlist), "--dataset", "wallets",
-                 "--case", "DEMO-1", "--legal-basis", "MLA"],
-                text=True, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "query",
+                    "match",
+                    "--federation",
+                    str(federation),
+                    "--watchlist",
+                    str(watchlist),
+                    "--dataset",
+                    "wallets",
+                    "--case",
+                    "DEMO-1",
+                    "--legal-basis",
+                    "MLA",
+                ],
+                text=True,
+                check=False,
             )
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; nodes stopped")
         return ExitCode.OK if done.returncode in (0, 3) else done.returncode

@@ -10,5 +10,5 @@ ITEM_PREFIX = b"fedtrace:v1:"
 
 
 def item_bytes(kind: str, canonical: str) -> bytes:
-    """`kind` is the dataset kind ("wallet" or "person"); `canonical` a canonical identifier or person key."""
+    """`kind` is the dataset kind ("wallet" or "person"); `canonical` an identifier or key."""
     return ITEM_PREFIX + kind.encode("ascii") + b":" + canonical.encode("utf-8")

@@ -60,7 +60,9 @@ class NodeConfig:
 def parse_listen(text: str, where: str) -> tuple[str, int]:
     match = _LISTEN.match(text)
     if not match or not 0 <= int(match.group(2)) <= 65535:
-        raise ConfigError(f"{where}: listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:7001")
+        raise ConfigError(
+            f"{where}: listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:7001"
+        )
     return match.group(1), int(match.group(2))
 
 

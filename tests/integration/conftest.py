@@ -54,12 +54,20 @@ max_items_per_query = 500
 }
 
 
-def fedtrace(*args: str, check: bool = False, timeout: float = 120
-             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
-                          text=True, check=check, timeout=timeout,
-                          env={**os.environ, "FEDTRACE_CACHE_DIR": os.environ.get(
-                              "FEDTRACE_TEST_CACHE", "/tmp/fedtrace-test-cache")})
+def fedtrace(
+    *args: str, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedtrace.cli", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+        env={
+            **os.environ,
+            "FEDTRACE_CACHE_DIR": os.environ.get("FEDTRACE_TEST_CACHE", "/tmp/fedtrace-test-cache"),
+        },
+    )
 
 
 @dataclass
@@ -72,17 +80,29 @@ class NodeProcess:
     def start(self) -> str:
         with (self.node_dir / "serve.log").open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(self.node_dir),
-                 "--listen", "127.0.0.1:0"],
-                stdout=subprocess.PIPE, stderr=log, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "node",
+                    "serve",
+                    str(self.node_dir),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if "serving on" not in line:
             self.process.wait(timeout=10)
             self.process.stdout.close()
-            raise AssertionError(f"node {self.code} did not start: "
-                                 f"{(self.node_dir / 'serve.log').read_text()[-2000:]}")
+            raise AssertionError(
+                f"node {self.code} did not start: "
+                f"{(self.node_dir / 'serve.log').read_text()[-2000:]}"
+            )
         self.address = line.rsplit(" ", 1)[-1].strip()
         return self.address
 
@@ -102,11 +122,23 @@ class Federation:
     data: DemoData
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
-    def write_fed(self, name: str = "federation.toml", investigator_dir: str = "investigator",
-                  addresses: dict[str, str] | None = None) -> Path:
-        lines = ["[investigator]", f'name = "{INVESTIGATOR}"',
-                 f'cert = "{investigator_dir}/cert.pem"', f'key = "{investigator_dir}/key.pem"',
-                 'ca = "ca/ca.pem"', "", "[query]", "deadline_seconds = 60", ""]
+    def write_fed(
+        self,
+        name: str = "federation.toml",
+        investigator_dir: str = "investigator",
+        addresses: dict[str, str] | None = None,
+    ) -> Path:
+        lines = [
+            "[investigator]",
+            f'name = "{INVESTIGATOR}"',
+            f'cert = "{investigator_dir}/cert.pem"',
+            f'key = "{investigator_dir}/key.pem"',
+            'ca = "ca/ca.pem"',
+            "",
+            "[query]",
+            "deadline_seconds = 60",
+            "",
+        ]
         for code, node in self.nodes.items():
             address = (addresses or {}).get(code, node.address)
             lines += ["[[node]]", f'name = "{code}"', f'address = "{address}"', ""]
@@ -114,11 +146,26 @@ class Federation:
         path.write_text("\n".join(lines))
         return path
 
-    def match(self, watchlist: Path, *extra: str, fed: Path | None = None,
-              dataset: str = "wallets") -> tuple[int, dict[str, object] | None, str]:
-        done = fedtrace("query", "match", "--federation", str(fed or self.root / "federation.toml"),
-                        "--watchlist", str(watchlist), "--dataset", dataset, "--case", "CASE-7",
-                        "--legal-basis", "MLA", "--format", "json", *extra)
+    def match(
+        self, watchlist: Path, *extra: str, fed: Path | None = None, dataset: str = "wallets"
+    ) -> tuple[int, dict[str, object] | None, str]:
+        done = fedtrace(
+            "query",
+            "match",
+            "--federation",
+            str(fed or self.root / "federation.toml"),
+            "--watchlist",
+            str(watchlist),
+            "--dataset",
+            dataset,
+            "--case",
+            "CASE-7",
+            "--legal-basis",
+            "MLA",
+            "--format",
+            "json",
+            *extra,
+        )
         report = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
         return done.returncode, report, done.stderr
 
@@ -131,12 +178,27 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     fed = Federation(root=root, data=data)
     for code in JURISDICTIONS:
         node_dir = root / "nodes" / code
-        fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"),
-                 check=True)
+        fedtrace(
+            "node",
+            "init",
+            str(node_dir),
+            "--jurisdiction",
+            code,
+            "--ca",
+            str(root / "ca"),
+            check=True,
+        )
         (node_dir / "policy.toml").write_text(POLICIES[code])
         for table in ("transactions", "subjects", "subject_wallets"):
-            fedtrace("node", "ingest", str(node_dir), str(root / "data" / code / f"{table}.csv"),
-                     "--table", table, check=True)
+            fedtrace(
+                "node",
+                "ingest",
+                str(node_dir),
+                str(root / "data" / code / f"{table}.csv"),
+                "--table",
+                table,
+                check=True,
+            )
         fed.nodes[code] = NodeProcess(code, node_dir)
     issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
     init_ca(root / "rogue-ca")

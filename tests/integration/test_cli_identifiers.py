@@ -1,4 +1,4 @@
-"""`fedtrace id normalize` as a user runs it: one canonical form per input, exit 1 naming bad ones."""
+"""`fedtrace id normalize` as a user runs it: a canonical form per input, exit 1 naming bad ones."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from .conftest import fedtrace
 
 
 def test_normalize_wallets_of_every_chain() -> None:
-    done = fedtrace("id", "normalize", "--kind", "wallet",
-                    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
-                    "BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4",
-                    "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2")
+    done = fedtrace(
+        "id",
+        "normalize",
+        "--kind",
+        "wallet",
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4",
+        "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
@@ -19,9 +24,15 @@ def test_normalize_wallets_of_every_chain() -> None:
 
 
 def test_invalid_values_are_named_with_their_reason_and_exit_1() -> None:
-    done = fedtrace("id", "normalize", "--kind", "eth",
-                    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
-                    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD", "5aaeb6053f3e")
+    done = fedtrace(
+        "id",
+        "normalize",
+        "--kind",
+        "eth",
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD",
+        "5aaeb6053f3e",
+    )
     assert done.returncode == 1
     assert done.stdout.splitlines() == ["0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"]
     errors = done.stderr.splitlines()
@@ -32,8 +43,14 @@ def test_invalid_values_are_named_with_their_reason_and_exit_1() -> None:
 
 
 def test_person_keys_are_tab_separated_and_agree_across_spellings() -> None:
-    done = fedtrace("id", "normalize", "--kind", "person", "MÜLLER, Hans-Peter|1980-12-31",
-                    "hans peter muller|31.12.1980|C01X00T47")
+    done = fedtrace(
+        "id",
+        "normalize",
+        "--kind",
+        "person",
+        "MÜLLER, Hans-Peter|1980-12-31",
+        "hans peter muller|31.12.1980|C01X00T47",
+    )
     assert done.returncode == 0, done.stderr
     first, second = (line.split("\t") for line in done.stdout.splitlines())
     assert first[0].startswith("name_dob:") and first[0] == second[0]

@@ -81,13 +81,36 @@ def test_each_answer_carries_a_valid_node_signature(federation: Federation) -> N
 
 def test_table_and_csv_formats(federation: Federation) -> None:
     watchlist = _watchlist(federation)
-    done = fedtrace("query", "match", "--federation", str(federation.root / "federation.toml"),
-                    "--watchlist", str(watchlist), "--dataset", "wallets", "--case", "CASE-7")
+    done = fedtrace(
+        "query",
+        "match",
+        "--federation",
+        str(federation.root / "federation.toml"),
+        "--watchlist",
+        str(watchlist),
+        "--dataset",
+        "wallets",
+        "--case",
+        "CASE-7",
+    )
     assert done.returncode == 3, done.stderr
     assert "EE" in done.stdout and "denied" in done.stdout and "membership" in done.stdout
-    done = fedtrace("query", "match", "--federation", str(federation.root / "federation.toml"),
-                    "--watchlist", str(watchlist), "--dataset", "wallets", "--case", "CASE-7",
-                    "--format", "csv", "--nodes", "EE")
+    done = fedtrace(
+        "query",
+        "match",
+        "--federation",
+        str(federation.root / "federation.toml"),
+        "--watchlist",
+        str(watchlist),
+        "--dataset",
+        "wallets",
+        "--case",
+        "CASE-7",
+        "--format",
+        "csv",
+        "--nodes",
+        "EE",
+    )
     assert done.returncode == 0, done.stderr
     rows = done.stdout.splitlines()
     assert rows[0] == "node,status,disclosure,match_count,identifier,policy_version,reason"
@@ -96,8 +119,9 @@ def test_table_and_csv_formats(federation: Federation) -> None:
 
 def test_certificate_from_another_ca_is_refused(federation: Federation) -> None:
     fed = federation.root / "rogue.toml"
-    fed.write_text((federation.root / "federation.toml").read_text()
-                   .replace("investigator/", "rogue/"))
+    fed.write_text(
+        (federation.root / "federation.toml").read_text().replace("investigator/", "rogue/")
+    )
     status, report, stderr = federation.match(_watchlist(federation), fed=fed)
     # The coordinator checks its own certificate first and stops with one line.
     assert status == 2 and report is None
@@ -107,14 +131,17 @@ def test_certificate_from_another_ca_is_refused(federation: Federation) -> None:
 
 def test_node_refuses_a_client_certificate_from_another_ca(federation: Federation) -> None:
     """The node itself refuses: go around the coordinator's own check."""
+    import grpc
+
     from coordinator.federation import NodeEntry
     from coordinator.transport import GrpcTransport
-    import grpc
 
     root = federation.root
     transport = GrpcTransport(
-        NodeEntry("EE", federation.nodes["EE"].address), (root / "ca/ca.pem").read_bytes(),
-        (root / "rogue/key.pem").read_bytes(), (root / "rogue/cert.pem").read_bytes(),
+        NodeEntry("EE", federation.nodes["EE"].address),
+        (root / "ca/ca.pem").read_bytes(),
+        (root / "rogue/key.pem").read_bytes(),
+        (root / "rogue/cert.pem").read_bytes(),
     )
     with pytest.raises(grpc.RpcError) as caught:
         transport.info(10)
@@ -146,8 +173,12 @@ def test_stopped_node_is_unavailable_while_others_answer(federation: Federation)
 def test_bad_watchlist_line_is_reported_and_nothing_runs(federation: Federation) -> None:
     path = federation.root / "bad.txt"
     good = federation.data.watchlist(5)
-    path.write_text("\n".join([good[0], "0x52908400098527886e0F7030069857D2E4169EE7", good[1],
-                               "bc1qnotanaddress"]) + "\n")
+    path.write_text(
+        "\n".join(
+            [good[0], "0x52908400098527886e0F7030069857D2E4169EE7", good[1], "bc1qnotanaddress"]
+        )
+        + "\n"
+    )
     status, report, stderr = federation.match(path)
     assert status == 2 and report is None
     assert f"{path}:2:" in stderr and f"{path}:4:" in stderr
@@ -168,8 +199,7 @@ def test_watchlist_over_the_policy_limit_is_denied(federation: Federation) -> No
 
 
 def test_unknown_dataset_is_a_clear_error(federation: Federation) -> None:
-    status, report, _ = federation.match(_watchlist(federation), "--nodes", "EE",
-                                         dataset="walets")
+    status, report, _ = federation.match(_watchlist(federation), "--nodes", "EE", dataset="walets")
     assert report is not None and status == 3
     assert "has no dataset 'walets'" in _by_node(report)["EE"]["reason"]  # type: ignore[operator]
 
@@ -188,8 +218,8 @@ def test_restart_reuses_the_epoch_and_ingest_starts_a_new_one(federation: Federa
 
     # Ingest while the node serves: it waits its turn for the database, and the node
     # starts a new epoch over the new data without a restart.
-    new_wallet = f"0x{0xfeed:040x}"
-    sender = f"0x{0xbeef:040x}"
+    new_wallet = f"0x{0xFEED:040x}"
+    sender = f"0x{0xBEEF:040x}"
     extra = federation.root / "extra.csv"
     extra.write_text(
         "tx_hash,chain,from_address,to_address,asset,amount,amount_eur,timestamp\n"

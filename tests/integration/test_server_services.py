@@ -17,10 +17,15 @@ pytestmark = pytest.mark.slow
 def _channel(federation: Federation) -> grpc.Channel:
     root = federation.root
     credentials = grpc.ssl_channel_credentials(
-        (root / "ca/ca.pem").read_bytes(), (root / "investigator/key.pem").read_bytes(),
-        (root / "investigator/cert.pem").read_bytes())
-    return grpc.secure_channel(federation.nodes["EE"].address, credentials,
-                               options=[("grpc.ssl_target_name_override", server_name("EE"))])
+        (root / "ca/ca.pem").read_bytes(),
+        (root / "investigator/key.pem").read_bytes(),
+        (root / "investigator/cert.pem").read_bytes(),
+    )
+    return grpc.secure_channel(
+        federation.nodes["EE"].address,
+        credentials,
+        options=[("grpc.ssl_target_name_override", server_name("EE"))],
+    )
 
 
 def test_health_reports_serving(federation: Federation) -> None:

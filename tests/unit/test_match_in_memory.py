@@ -61,14 +61,16 @@ class InMemoryTransport:
     def info(self, timeout: float) -> node_pb2.NodeInfo:
         return self.servicer.GetInfo(node_pb2.GetInfoRequest(), self.context)
 
-    def filter(self, request: node_pb2.GetFilterRequest, timeout: float
-               ) -> Iterator[node_pb2.FilterChunk]:
+    def filter(
+        self, request: node_pb2.GetFilterRequest, timeout: float
+    ) -> Iterator[node_pb2.FilterChunk]:
         # Serialise every message, as the wire would.
         for chunk in self.servicer.GetFilter(request, self.context):
             yield node_pb2.FilterChunk.FromString(chunk.SerializeToString())
 
-    def evaluate(self, requests: Iterator[node_pb2.EvaluateRequest], timeout: float
-                 ) -> Iterator[node_pb2.EvaluateResponse]:
+    def evaluate(
+        self, requests: Iterator[node_pb2.EvaluateRequest], timeout: float
+    ) -> Iterator[node_pb2.EvaluateResponse]:
         wire = (node_pb2.EvaluateRequest.FromString(r.SerializeToString()) for r in requests)
         for response in self.servicer.Evaluate(wire, self.context):
             yield node_pb2.EvaluateResponse.FromString(response.SerializeToString())
@@ -95,8 +97,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeState, Path, set
     rng = random.Random(5)
     held = {_eth(rng.randrange(1, 10_000)) for _ in range(1500)}
     wallets = sorted(held)
-    lines = [f"t{i},eth,{wallets[i]},{wallets[(i + 1) % len(wallets)]},ETH,1,1.00,"
-             "2026-01-01T00:00:00Z" for i in range(len(wallets))]
+    lines = [
+        f"t{i},eth,{wallets[i]},{wallets[(i + 1) % len(wallets)]},ETH,1,1.00,2026-01-01T00:00:00Z"
+        for i in range(len(wallets))
+    ]
     (root / "tx.csv").write_text(HEADER + "\n".join(lines) + "\n")
     config = load_node_config(root / "EE")
     database = store.NodeDatabase(config.database)
@@ -108,25 +112,40 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeState, Path, set
     return state, root, held
 
 
-def _run(node: tuple[NodeState, Path, set[str]], investigator: str, items: list[str],
-         asked: int = 3) -> NodeResult:
+def _run(
+    node: tuple[NodeState, Path, set[str]], investigator: str, items: list[str], asked: int = 3
+) -> NodeResult:
     state, root, _ = node
     cert = (root / investigator / "cert.pem").read_bytes()
     transport = InMemoryTransport(NodeServicer(state), FakeContext(cert))
-    federation = Federation(path=root / "fed.toml", investigator=investigator,
-                            cert=root / investigator / "cert.pem",
-                            key=root / investigator / "key.pem", ca=root / "ca" / "ca.pem",
-                            nodes=(NodeEntry("EE", "memory"),), deadline_seconds=60)
-    query = MatchQuery(dataset="wallets", case_ref="C-1", legal_basis="MLA", kind="wallet",
-                       items=tuple(items), investigator=investigator, disclosure=asked)
-    [result] = run_match(federation, query, lambda entry: transport,
-                         (root / "ca" / "ca.pem").read_bytes())
+    federation = Federation(
+        path=root / "fed.toml",
+        investigator=investigator,
+        cert=root / investigator / "cert.pem",
+        key=root / investigator / "key.pem",
+        ca=root / "ca" / "ca.pem",
+        nodes=(NodeEntry("EE", "memory"),),
+        deadline_seconds=60,
+    )
+    query = MatchQuery(
+        dataset="wallets",
+        case_ref="C-1",
+        legal_basis="MLA",
+        kind="wallet",
+        items=tuple(items),
+        investigator=investigator,
+        disclosure=asked,
+    )
+    [result] = run_match(
+        federation, query, lambda entry: transport, (root / "ca" / "ca.pem").read_bytes()
+    )
     return result
 
 
 @pytest.mark.parametrize("size", [0, 1, 700, 2500])
-def test_membership_equals_the_plain_intersection(node: tuple[NodeState, Path, set[str]],
-                                                  size: int) -> None:
+def test_membership_equals_the_plain_intersection(
+    node: tuple[NodeState, Path, set[str]], size: int
+) -> None:
     _, _, held = node
     rng = random.Random(size)
     items = list(dict.fromkeys(_eth(rng.randrange(1, 12_000)) for _ in range(size)))
@@ -165,10 +184,18 @@ def _evaluate_raw(node: tuple[NodeState, Path, set[str]], blob: bytes, count: in
     context = FakeContext((root / "FR" / "cert.pem").read_bytes())
     epoch = state.epochs["wallets"].epoch_id
     header = node_pb2.EvaluateHeader(
-        context=node_pb2.QueryContext(case_ref="C-1", nonce=b"n" * 16), dataset="wallets",
-        epoch_id=epoch, disclosure=3, item_count=count)
-    requests = iter([node_pb2.EvaluateRequest(header=header),
-                     node_pb2.EvaluateRequest(points=node_pb2.PointBatch(points=blob))])
+        context=node_pb2.QueryContext(case_ref="C-1", nonce=b"n" * 16),
+        dataset="wallets",
+        epoch_id=epoch,
+        disclosure=3,
+        item_count=count,
+    )
+    requests = iter(
+        [
+            node_pb2.EvaluateRequest(header=header),
+            node_pb2.EvaluateRequest(points=node_pb2.PointBatch(points=blob)),
+        ]
+    )
     return list(servicer.Evaluate(requests, context))
 
 
@@ -182,8 +209,9 @@ def _evaluate_raw(node: tuple[NodeState, Path, set[str]], blob: bytes, count: in
         (b"", 2, "0 points received, 2 announced"),
     ],
 )
-def test_bad_points_are_invalid_argument(node: tuple[NodeState, Path, set[str]], blob: bytes,
-                                         count: int, message: str) -> None:
+def test_bad_points_are_invalid_argument(
+    node: tuple[NodeState, Path, set[str]], blob: bytes, count: int, message: str
+) -> None:
     with pytest.raises(InMemoryRpcError) as caught:
         _evaluate_raw(node, blob, count)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

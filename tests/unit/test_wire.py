@@ -20,7 +20,8 @@ def test_a_million_item_request_streams_in_messages_under_4_mib() -> None:
 
 def test_node_answer_and_filter_chunks_stay_under_4_mib() -> None:
     answer = node_pb2.EvaluateResponse(
-        points=node_pb2.PointBatch(points=bytes(32 * service.POINTS_PER_BATCH)))
+        points=node_pb2.PointBatch(points=bytes(32 * service.POINTS_PER_BATCH))
+    )
     assert answer.ByteSize() < LIMIT
     chunk = node_pb2.FilterChunk(data=bytes(service.FILTER_CHUNK_BYTES))
     assert chunk.ByteSize() < LIMIT
