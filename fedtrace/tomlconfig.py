@@ -57,7 +57,10 @@ class TableReader:
     def required(self, key: str, kind: type[T]) -> T:
         value = self._raw(key)
         if value is None:
-            raise ConfigError(f"{self._where}: missing required key {key!r}")
+            unknown = [k for k in self._table if k not in self._valid]
+            typo = difflib.get_close_matches(key, unknown, n=1, cutoff=0.6)
+            hint = f" (found {typo[0]!r}: a typo?)" if typo else ""
+            raise ConfigError(f"{self._where}: missing required key {key!r}{hint}")
         return self._check(key, value, kind)
 
     def optional(self, key: str, kind: type[T], default: T) -> T:
