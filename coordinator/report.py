@@ -16,6 +16,7 @@ from rich.table import Table
 from coordinator.match import NodeResult
 
 FORMATS = ("table", "json", "csv")
+TABLE_MATCHES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,12 @@ def _table(
     for r in results:
         if r.matched:
             console.print(f"\n{r.node} holds {len(r.matched)} of the watchlist items:")
-            for identifier in r.matched:
+            for identifier in r.matched[:TABLE_MATCHES_SHOWN]:
                 console.print(f"  {identifier}", highlight=False)
+            if len(r.matched) > TABLE_MATCHES_SHOWN:
+                console.print(
+                    f"  … and {len(r.matched) - TABLE_MATCHES_SHOWN} more "
+                    "(--format json or csv lists them all)"
+                )
     out = console.file.getvalue()  # type: ignore[attr-defined]
     return str(out)
