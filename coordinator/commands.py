@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from coordinator.match import (
 )
 from coordinator.report import WatchlistSummary, render
 from coordinator.transport import GrpcTransports
+from coordinator.verify import sign_report
 from fedtrace.errors import ExitCode, FedtraceError
 from fedtrace.identifiers import InvalidIdentifier, load_watchlist
+from fedtrace.pki import read_key_pem
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -46,6 +49,12 @@ def progress_display(enabled: bool) -> Iterator[Progress]:
             status.update(" · ".join(f"{n}: {w}" for n, w in states.items()))
 
         yield update
+
+
+def signed_report_text(text: str, key: Path, cert: Path) -> str:
+    """The JSON report `text` with the investigator's signature over all of it."""
+    report = sign_report(json.loads(text), read_key_pem(key), cert.read_bytes())
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
 def query_match(args: argparse.Namespace) -> int:
@@ -102,6 +111,8 @@ def query_match(args: argparse.Namespace) -> int:
         skipped_invalid=len(watchlist.problems),
     )
     text = render(args.format, args.case, "match", args.dataset, results, summary, args.legal_basis)
+    if args.format == "json":  # signed by the investigator: see coordinator/verify.py
+        text = signed_report_text(text, federation.key, federation.cert)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedtrace.errors import ExitCode, FedtraceError
 
@@ -105,6 +106,174 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(keep=Path(args.keep) if args.keep else None)
 
 
+def _policy_check(args: argparse.Namespace) -> int:
+    from node.policy_check import check_policies
+
+    report = check_policies(
+        [Path(f) for f in args.files], node_dir=Path(args.node) if args.node else None
+    )
+    for diagnostic in report.diagnostics:
+        print(diagnostic.format())
+    print(report.summary(), file=sys.stderr)
+    return report.exit_code(strict=args.strict)
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from node.policy import load_policy
+    from node.policy_explain import explain
+
+    path = Path(args.file)
+    policy = load_policy(path)
+    datasets: tuple[str, ...] = ()
+    if (path.parent / "node.toml").exists():
+        from node.config import load_node_config
+
+        try:
+            datasets = tuple(d.name for d in load_node_config(path.parent).datasets)
+        except FedtraceError:
+            datasets = ()
+    sys.stdout.write(explain(policy, args.partner, args.dataset, datasets))
+    return ExitCode.OK
+
+
+def _policy_diff(args: argparse.Namespace) -> int:
+    from node.policy import load_policy
+    from node.policy_explain import diff
+
+    sys.stdout.write(diff(load_policy(Path(args.old)), load_policy(Path(args.new))))
+    return ExitCode.OK
+
+
+def _audit_dir(node_dir: Path) -> tuple[Path, bytes | None, str | None]:
+    from node.audit import AUDIT_DIR
+    from node.config import load_node_config
+
+    config = load_node_config(node_dir)
+    ca_pem = config.tls.ca.read_bytes() if config.tls.ca.exists() else None
+    return node_dir / AUDIT_DIR, ca_pem, config.jurisdiction
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from node.audit import verify_trail
+
+    directory, ca_pem, jurisdiction = _audit_dir(Path(args.node_dir))
+    result = verify_trail(directory, ca_pem=ca_pem, jurisdiction=jurisdiction)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not result.ok:
+        print(f"{directory}: audit trail NOT intact: {result.problem}")
+        return ExitCode.FAILED
+    print(
+        f"{directory}: audit trail intact: {result.entries} entries, hash chain, signatures "
+        "and signed head verified"
+    )
+    return ExitCode.OK
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from node.audit import entries, render_entries, select
+
+    directory, _, _ = _audit_dir(Path(args.node_dir))
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            raise FedtraceError(
+                f"--since {args.since!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
+            ) from None
+        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+    chosen = select(entries(directory), partner=args.partner, case=args.case, since=since)
+    sys.stdout.write(render_entries(chosen, args.format))
+    return ExitCode.OK
+
+
+def _report_verify(args: argparse.Namespace) -> int:
+    from coordinator.verify import load_report, verify_report
+
+    if bool(args.ca) == bool(args.federation):
+        raise FedtraceError(
+            "report verify needs the federation CA: pass --ca CA.pem or "
+            "--federation FED.toml (one of them)"
+        )
+    if args.ca:
+        ca_path = Path(args.ca)
+    else:
+        from coordinator.federation import load_federation
+
+        ca_path = load_federation(Path(args.federation)).ca
+    try:
+        ca_pem = ca_path.read_bytes()
+    except OSError as exc:
+        raise FedtraceError(f"{ca_path}: cannot read the federation CA: {exc.strerror}") from None
+    outcome = verify_report(
+        load_report(Path(args.file)), ca_pem, require_investigator_signature=not args.nodes_only
+    )
+    for line in outcome.lines:
+        print(line)
+    if not outcome.ok:
+        print(f"{args.file}: NOT valid: {outcome.failures[0]}", file=sys.stderr)
+        return ExitCode.FAILED
+    print(f"{args.file}: valid")
+    return ExitCode.OK
+
+
+def _add_officer_commands(commands: Any) -> None:
+    """policy check|explain|diff, audit verify|show, report verify."""
+    policy = commands.add_parser(
+        "policy", help="check and explain disclosure policies"
+    ).add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    p = policy.add_parser("check", help="report every problem as file:line:column")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--node",
+        metavar="NODE_DIR",
+        help="also check datasets and columns against this node's node.toml "
+        "(default: the node.toml beside FILE, if it names FILE)",
+    )
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too")
+    p.set_defaults(run=_policy_check)
+    p = policy.add_parser("explain", help="what a partner may learn, in plain language")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--partner", required=True, metavar="CODE")
+    p.add_argument("--dataset", metavar="D")
+    p.set_defaults(run=_policy_explain)
+    p = policy.add_parser("diff", help="what changes for each partner between two policies")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.set_defaults(run=_policy_diff)
+
+    audit = commands.add_parser("audit", help="the node's audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    p = audit.add_parser("verify", help="check the hash chain, signatures and signed head")
+    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.set_defaults(run=_audit_verify)
+    p = audit.add_parser("show", help="list audit entries")
+    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("--partner", metavar="CODE")
+    p.add_argument("--case", metavar="REF")
+    p.add_argument("--since", metavar="DATE", help="ISO date or date-time (UTC unless given)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(run=_audit_show)
+
+    report = commands.add_parser("report", help="saved query reports").add_subparsers(
+        dest="report_command", required=True, metavar="ACTION"
+    )
+    p = report.add_parser("verify", help="re-check a saved JSON report's signatures")
+    p.add_argument("file", metavar="REPORT.json")
+    p.add_argument("--ca", metavar="CA.pem", help="the federation CA certificate")
+    p.add_argument("--federation", metavar="FED.toml", help="take the CA from this file")
+    p.add_argument(
+        "--nodes-only",
+        action="store_true",
+        help="check only the node signatures (a report without an investigator signature)",
+    )
+    p.set_defaults(run=_report_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedtrace",
@@ -197,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="run a three-jurisdiction demo federation")
     p.add_argument("--keep", metavar="DIR", help="build the federation here and keep it")
     p.set_defaults(run=_demo)
+    _add_officer_commands(commands)
     return parser
 
 

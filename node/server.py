@@ -20,17 +20,20 @@ from fedtrace.errors import ConfigError, FedtraceError
 from fedtrace.pki import read_key_pem
 from fedtrace.v1 import node_pb2, node_pb2_grpc
 from node import store
+from node.audit import AUDIT_DIR, AuditLog
 from node.auth import IdentityInterceptor
 from node.config import NodeConfig, load_node_config, parse_listen
 from node.epoch import DatasetError, current_epoch, epoch_is_current
+from node.gate import Gate
 from node.policy import load_policy
-from node.service import NodeServicer, NodeState, PolicyHolder
+from node.service import NodeServicer, NodeState, PolicyHolder, watch_policy
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 STOP_GRACE_SECONDS = 30.0
 EPOCH_CHECK_SECONDS = 10.0
+POLICY_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -64,14 +67,21 @@ def load_state(
                                                  progress=progress)
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
+    certificate_pem = _read(config.tls.cert, "certificate")
+    key_pem = read_key_pem(config.tls.key)
+    audit = AuditLog(config.node_dir / AUDIT_DIR, key_pem, certificate_pem)
+    policies = PolicyHolder(policy, jurisdiction=config.jurisdiction, audit=audit)
+    audit.append("node-started", {"policy_version": policy.version,
+                                  "policy_sha256": policy.sha256, "outcome": "started"})
     return NodeState(
         config=config,
         database=database,
-        policies=PolicyHolder(policy),
+        policies=policies,
         epochs=epochs,
-        certificate_pem=_read(config.tls.cert, "certificate"),
-        key_pem=read_key_pem(config.tls.key),
+        certificate_pem=certificate_pem,
+        key_pem=key_pem,
         concurrency=threading.BoundedSemaphore(config.limits.max_concurrent_queries),
+        gate=Gate(config, database, policies, audit),
     )
 
 
@@ -150,10 +160,17 @@ def serve(node_dir: Path, listen: str | None = None) -> int:
         name="epoch-refresher",
     )
     refresher.start()
+    watcher = threading.Thread(
+        target=watch_policy, args=(state, stopping, POLICY_CHECK_SECONDS), daemon=True,
+        name="policy-watcher",
+    )
+    watcher.start()
     host, _ = parse_listen(listen or config.listen, "--listen")
     print(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}", flush=True)
     stopping.wait()
     running.server.stop(STOP_GRACE_SECONDS).wait()
     refresher.join(timeout=STOP_GRACE_SECONDS)
+    watcher.join(timeout=STOP_GRACE_SECONDS)
+    state.gate.audit.append("node-stopped", {"outcome": "stopped"})
     log.info("stopped")
     return 0

@@ -1,7 +1,9 @@
 """The node's answers: thin gRPC servicer over plain functions that tests call directly.
 
-Flow of a match: read and bound the request stream → policy decision → blinded
-evaluation → (shuffle for cardinality) → signed transcript.
+Flow of a match: read the header → admission through the gate (policy, budgets,
+audit; `node.gate`) → read and bound the points → blinded evaluation → (shuffle
+for cardinality) → signed transcript → settle (charge kept, answer audited) →
+stream the answer. Every future query RPC goes through the same gate.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -20,10 +22,19 @@ from fedtrace import __version__, group, psi
 from fedtrace.pki import Identity, sign
 from fedtrace.transcript import Transcript
 from fedtrace.v1 import node_pb2, node_pb2_grpc
+from node.audit import AuditError, AuditLog
 from node.auth import peer_identity
 from node.config import NodeConfig
 from node.epoch import Epoch
-from node.policy import Level, Policy, decide_match, load_policy
+from node.gate import (
+    RENEWS_AT_METADATA,
+    Admission,
+    Gate,
+    Outcome,
+    QueryContextInfo,
+    QueryRefused,
+)
+from node.policy import Level, Policy, QueryKind, parse_policy
 from node.store import NodeDatabase
 
 log = logging.getLogger(__name__)
@@ -32,20 +43,25 @@ POINTS_PER_BATCH = 65_536  # 2 MiB of points: well under the 4 MiB message limit
 FILTER_CHUNK_BYTES = 1 << 20
 
 
-class QueryRefused(Exception):
-    """A request the node will not answer; `code` is the gRPC status to return."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class PolicyHolder:
-    """The policy in force; a changed file is re-read, an invalid one is refused and logged."""
+    """The policy in force, re-read when its file changes; an invalid file never replaces it.
 
-    def __init__(self, policy: Policy) -> None:
+    `current()` notices a changed file (size or mtime) on every request; `refresh()`
+    compares the file's SHA-256 and is called every second by the node's policy
+    watcher, so a change is picked up within seconds even with no traffic and even
+    when an edit keeps size and mtime. Every reload and every rejection is logged
+    and audited (once per distinct file content); a rejected file leaves the old
+    policy in force.
+    """
+
+    def __init__(
+        self, policy: Policy, *, jurisdiction: str | None = None, audit: AuditLog | None = None
+    ) -> None:
         self._policy = policy
-        self._stamp = _stamp(policy)
+        self._jurisdiction = jurisdiction or policy.jurisdiction
+        self._audit = audit
+        self._stamp = _file_stamp(policy.path)
+        self._seen_sha256 = policy.sha256
         self._lock = threading.Lock()
 
     def current(self) -> Policy:
@@ -53,13 +69,97 @@ class PolicyHolder:
             stamp = _file_stamp(self._policy.path)
             if stamp != self._stamp:
                 self._stamp = stamp
-                try:
-                    self._policy = load_policy(self._policy.path)
-                    log.info("policy reloaded: version %s", self._policy.version)
-                except Exception as exc:  # noqa: BLE001 - any bad file keeps the old policy
-                    log.error("policy file rejected, version %s stays in force: %s",
-                              self._policy.version, exc)
+                self._reload()
             return self._policy
+
+    def refresh(self) -> Policy:
+        with self._lock:
+            self._stamp = _file_stamp(self._policy.path)
+            self._reload()
+            return self._policy
+
+    def _reload(self) -> None:
+        path = self._policy.path
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raw = b""
+            outcome = None
+            problem = f"{path}: cannot read the policy file: {exc.strerror}"
+        else:
+            outcome = parse_policy(raw, path)
+            problem = ""
+        sha256 = hashlib.sha256(raw).hexdigest() if raw or outcome else ""
+        if sha256 == self._seen_sha256:
+            return
+        self._seen_sha256 = sha256
+        old = self._policy
+        errors: list[str] = []
+        if outcome is None:
+            errors = [problem]
+        elif outcome.policy is None:
+            errors = [d.format() for d in outcome.errors]
+        elif outcome.policy.jurisdiction != self._jurisdiction:
+            errors = [
+                f"{path}: the policy is for {outcome.policy.jurisdiction!r}, but this node "
+                f"is {self._jurisdiction!r}"
+            ]
+        if errors:
+            log.error(
+                "policy file rejected, version %s stays in force: %s%s",
+                old.version,
+                errors[0],
+                f" (and {len(errors) - 1} more)" if len(errors) > 1 else "",
+            )
+            self._record(
+                "policy-rejected",
+                {
+                    "policy_file": str(path),
+                    "rejected_sha256": sha256,
+                    "errors": errors[:20],
+                    "policy_version": old.version,
+                    "policy_sha256": old.sha256,
+                    "outcome": "rejected",
+                    "reason": errors[0],
+                },
+            )
+            return
+        assert outcome is not None and outcome.policy is not None
+        self._policy = outcome.policy
+        log.info(
+            "policy reloaded: version %s (sha256 %s…)",
+            self._policy.version,
+            self._policy.sha256[:12],
+        )
+        self._record(
+            "policy-loaded",
+            {
+                "policy_file": str(path),
+                "policy_version": self._policy.version,
+                "policy_sha256": self._policy.sha256,
+                "previous_version": old.version,
+                "previous_sha256": old.sha256,
+                "outcome": "loaded",
+                "warnings": [d.format() for d in outcome.warnings][:20],
+            },
+        )
+
+    def _record(self, event: str, fields: dict[str, Any]) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, fields)
+        except AuditError as exc:
+            log.error("could not audit %s: %s", event, exc)
+
+
+def watch_policy(state: NodeState, stop: threading.Event, every_seconds: float) -> None:
+    """Re-read the policy file every `every_seconds` until `stop` is set."""
+    while not stop.wait(every_seconds):
+        try:
+            state.policies.refresh()
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one bad read
+            log.exception("policy watcher: could not check the policy file")
 
 
 def _file_stamp(path: os.PathLike[str]) -> tuple[int, int]:
@@ -68,10 +168,6 @@ def _file_stamp(path: os.PathLike[str]) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (info.st_mtime_ns, info.st_size)
-
-
-def _stamp(policy: Policy) -> tuple[int, int]:
-    return _file_stamp(policy.path)
 
 
 @dataclass
@@ -83,6 +179,7 @@ class NodeState:
     certificate_pem: bytes
     key_pem: bytes
     concurrency: threading.BoundedSemaphore
+    gate: Gate
 
 
 def node_info(state: NodeState) -> node_pb2.NodeInfo:
@@ -125,9 +222,9 @@ def _epoch(state: NodeState, dataset: str, epoch_id: str) -> Epoch:
     return epoch
 
 
-def filter_chunks(state: NodeState, request: node_pb2.GetFilterRequest) -> Iterator[
-    node_pb2.FilterChunk
-]:
+def filter_chunks(
+    state: NodeState, request: node_pb2.GetFilterRequest
+) -> Iterator[node_pb2.FilterChunk]:
     epoch = _epoch(state, request.dataset, request.epoch_id)
     data = epoch.filter.data
     yield node_pb2.FilterChunk(
@@ -152,62 +249,74 @@ class MatchRequest:
     request_sha256: str
 
 
-def read_match_request(
-    state: NodeState, identity: Identity, requests: Iterator[node_pb2.EvaluateRequest]
-) -> tuple[MatchRequest, Level, Policy]:
-    """Read the header, decide on it before reading points, then read exactly item_count points."""
+def read_match_header(
+    state: NodeState, requests: Iterator[node_pb2.EvaluateRequest]
+) -> tuple[node_pb2.EvaluateHeader, Level]:
+    """The stream's header and the level asked; the epoch must be current."""
     first = next(requests, None)
     if first is None or first.WhichOneof("part") != "header":
-        raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                           "an Evaluate stream must start with its header")
-    header = first.header
-    if header.item_count > state.config.limits.max_items_per_request:
         raise QueryRefused(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"{header.item_count} items exceed this node's ceiling of "
-            f"{state.config.limits.max_items_per_request} per request",
+            grpc.StatusCode.INVALID_ARGUMENT, "an Evaluate stream must start with its header"
         )
-    _epoch(state, header.dataset, header.epoch_id)
-    if not header.context.case_ref:
-        raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                           "every query must carry a case reference (--case)")
-    policy = state.policies.current()
+    header = first.header
     try:
         asked = Level(header.disclosure)
     except ValueError:
-        raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"unknown disclosure level {header.disclosure}") from None
-    decision = decide_match(policy, identity.jurisdiction, identity.role, header.dataset, asked,
-                            header.item_count)
-    if not decision.allowed or decision.level is None:
-        raise QueryRefused(grpc.StatusCode.PERMISSION_DENIED, decision.reason)
+        raise QueryRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"unknown disclosure level {header.disclosure}"
+        ) from None
+    _epoch(state, header.dataset, header.epoch_id)
+    return header, asked
 
+
+def read_match_points(
+    header: node_pb2.EvaluateHeader, requests: Iterator[node_pb2.EvaluateRequest]
+) -> MatchRequest:
+    """Read exactly the header's item_count points, validating every one."""
     points: list[bytes] = []
     digest = hashlib.sha256()
     for message in requests:
         if message.WhichOneof("part") != "points":
-            raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                               "after its header an Evaluate stream carries only point batches")
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "after its header an Evaluate stream carries only point batches",
+            )
         blob = message.points.points
         if len(points) * group.POINT_BYTES + len(blob) > header.item_count * group.POINT_BYTES:
-            raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"more points than the {header.item_count} announced")
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"more points than the {header.item_count} announced",
+            )
         try:
             batch = group.split_points(blob)
         except group.InvalidPoint as exc:
-            raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT, f"bad point batch: {exc}") from None
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"bad point batch: {exc}"
+            ) from None
         digest.update(blob)
         points.extend(batch)
     if len(points) != header.item_count:
-        raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{len(points)} points received, {header.item_count} announced")
-    return MatchRequest(header, points, digest.hexdigest()), decision.level, policy
+        raise QueryRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{len(points)} points received, {header.item_count} announced",
+        )
+    return MatchRequest(header, points, digest.hexdigest())
 
 
-def answer_match(
-    state: NodeState, identity: Identity, request: MatchRequest, level: Level, policy: Policy
-) -> Iterator[node_pb2.EvaluateResponse]:
+@dataclass(frozen=True)
+class MatchAnswer:
+    summary: node_pb2.EvaluateSummary
+    response: bytes
+    trailer: node_pb2.EvaluateTrailer
+    transcript: Transcript
+
+
+def compute_match_answer(
+    state: NodeState, identity: Identity, request: MatchRequest, admission: Admission
+) -> MatchAnswer:
+    """Evaluate the blinded points at the admitted level and sign the transcript."""
     header = request.header
+    level, policy = admission.level, admission.policy
     epoch = _epoch(state, header.dataset, header.epoch_id)
     try:
         answer = psi.evaluate(request.points, epoch.secret_key)
@@ -234,31 +343,39 @@ def answer_match(
         request_sha256=request.request_sha256,
         response_sha256=hashlib.sha256(response).hexdigest(),
     )
-    log.info(
-        "match answered: partner=%s case=%s dataset=%s items=%d level=%s policy=%s",
-        identity.jurisdiction, header.context.case_ref, epoch.dataset, len(answer), level.label,
-        policy.version,
-    )
-    yield node_pb2.EvaluateResponse(
-        summary=node_pb2.EvaluateSummary(
-            dataset=epoch.dataset,
-            epoch_id=epoch.epoch_id,
-            disclosure=int(level),
-            shuffled=shuffled,
-            item_count=len(answer),
-            policy_version=policy.version,
-            jurisdiction=state.config.jurisdiction,
-        )
-    )
-    step = POINTS_PER_BATCH * group.POINT_BYTES
-    for start in range(0, len(response), step):
-        yield node_pb2.EvaluateResponse(points=node_pb2.PointBatch(points=response[start : start + step]))
     digest = transcript.digest()
-    yield node_pb2.EvaluateResponse(
-        trailer=node_pb2.EvaluateTrailer(
-            transcript_sha256=digest, signature=sign(state.key_pem, digest)
-        )
+    summary = node_pb2.EvaluateSummary(
+        dataset=epoch.dataset,
+        epoch_id=epoch.epoch_id,
+        disclosure=int(level),
+        shuffled=shuffled,
+        item_count=len(answer),
+        policy_version=policy.version,
+        jurisdiction=state.config.jurisdiction,
     )
+    trailer = node_pb2.EvaluateTrailer(
+        transcript_sha256=digest, signature=sign(state.key_pem, digest)
+    )
+    return MatchAnswer(summary, response, trailer, transcript)
+
+
+def match_messages(answer: MatchAnswer) -> Iterator[node_pb2.EvaluateResponse]:
+    yield node_pb2.EvaluateResponse(summary=answer.summary)
+    step = POINTS_PER_BATCH * group.POINT_BYTES
+    response = answer.response
+    for start in range(0, len(response), step):
+        yield node_pb2.EvaluateResponse(
+            points=node_pb2.PointBatch(points=response[start : start + step])
+        )
+    yield node_pb2.EvaluateResponse(trailer=answer.trailer)
+
+
+def _abort(context: grpc.ServicerContext, refusal: QueryRefused) -> None:
+    if refusal.renews_at is not None and hasattr(context, "set_trailing_metadata"):
+        context.set_trailing_metadata(
+            ((RENEWS_AT_METADATA, refusal.renews_at.strftime("%Y-%m-%dT%H:%M:%SZ")),)
+        )
+    context.abort(refusal.code, str(refusal))
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
@@ -283,18 +400,73 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
     ) -> Iterable[node_pb2.EvaluateResponse]:
         identity = peer_identity(context)
         assert identity is not None  # IdentityInterceptor guarantees it
+        gate = self._state.gate
         if not self._state.concurrency.acquire(blocking=False):
-            context.abort(
+            busy = QueryRefused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self._state.config.jurisdiction} is answering its maximum of "
                 f"{self._state.config.limits.max_concurrent_queries} queries; retry shortly",
             )
+            gate.refuse(identity, QueryKind.MATCH, busy)
+            _abort(context, busy)
+            return
+        admission: Admission | None = None
+        header: node_pb2.EvaluateHeader | None = None
         try:
-            request, level, policy = read_match_request(self._state, identity, requests)
-            yield from answer_match(self._state, identity, request, level, policy)
+            header, asked = read_match_header(self._state, requests)
+            admission = gate.admit(
+                identity,
+                QueryKind.MATCH,
+                header.dataset,
+                QueryContextInfo.from_proto(header.context),
+                header.item_count,
+                asked,
+            )
+            request = read_match_points(header, requests)
+            answer = compute_match_answer(self._state, identity, request, admission)
+            # Charged and audited before the first byte of the answer leaves the node.
+            gate.settle(
+                admission, Outcome.ANSWERED, transcript_sha256=answer.transcript.digest().hex()
+            )
+            log.info(
+                "match answered: partner=%s case=%s dataset=%s items=%d level=%s policy=%s",
+                identity.jurisdiction,
+                header.context.case_ref,
+                header.dataset,
+                answer.summary.item_count,
+                admission.level.label,
+                admission.policy.version,
+            )
+            yield from match_messages(answer)
         except QueryRefused as exc:
-            log.info("query refused: partner=%s code=%s reason=%s", identity.jurisdiction,
-                     exc.code.name, exc)
-            context.abort(exc.code, str(exc))
+            log.info(
+                "query refused: partner=%s code=%s reason=%s",
+                identity.jurisdiction,
+                exc.code.name,
+                exc,
+            )
+            if admission is not None:
+                gate.settle(admission, Outcome.REFUSED, reason=str(exc), code=exc.code)
+            elif not exc.audited:
+                gate.refuse(
+                    identity,
+                    QueryKind.MATCH,
+                    exc,
+                    dataset=header.dataset if header is not None else "",
+                    context=QueryContextInfo.from_proto(header.context)
+                    if header is not None
+                    else None,
+                    item_count=header.item_count if header is not None else 0,
+                )
+            _abort(context, exc)
+        except BaseException:
+            if admission is not None:  # nothing was disclosed unless it was settled as answered
+                gate.settle(
+                    admission,
+                    Outcome.FAILED,
+                    reason="internal error",
+                    code=grpc.StatusCode.INTERNAL,
+                )
+            raise
         finally:
             self._state.concurrency.release()

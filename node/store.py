@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -302,7 +301,7 @@ def _open_rows(file: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list
         yield _read_parquet(file)
         return
     csv.field_size_limit(MAX_FIELD_BYTES)
-    with io.open(file, encoding="utf-8-sig", newline="") as handle:
+    with open(file, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, strict=True)
         try:
             header = [h.strip() for h in next(reader)]

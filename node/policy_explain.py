@@ -1,0 +1,396 @@
+"""`fedtrace policy explain` and `fedtrace policy diff`: a policy in plain language.
+
+`explain` says, for one partner, what it may learn from each dataset, under
+which limits and legal bases, until when, and what it may not. `diff` says,
+for every partner and dataset, what changes between two versions of a policy:
+more or less disclosed, limits up or down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from node.policy import Grant, Level, Policy, utc_now
+
+_LEARNS = {
+    Level.CARDINALITY: "only how many of its watchlist items {j} holds, never which (the node "
+    "shuffles its answer)",
+    Level.AGGREGATE: "how many of its watchlist items {j} holds, and sums of numeric columns over "
+    "the matched records; never which items",
+    Level.MEMBERSHIP: "which of its watchlist items {j} holds (and so how many)",
+    Level.DISCLOSURE_REQUEST: "which of its watchlist items {j} holds, and it may follow a hit up "
+    "with a disclosure or preservation request by case reference",
+    Level.OVERLAP: "in the overlap census, how many items {j} shares with each group of "
+    "jurisdictions, never which",
+}
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+def _limits(grant: Grant) -> list[str]:
+    out = []
+    if grant.disclosure is not Level.OVERLAP:
+        out.append(f"at most {_number(grant.max_items_per_query)} items per query")
+    if grant.rate_limit:
+        out.append(
+            f"{_number(grant.rate_limit.queries)} queries per {grant.rate_limit.per.describe()}"
+        )
+    if grant.item_budget:
+        out.append(
+            f"{_number(grant.item_budget.items)} items per "
+            f"{grant.item_budget.per.describe()} in all"
+        )
+    return out
+
+
+def _aggregate_lines(grant: Grant) -> list[str]:
+    if not grant.aggregate_columns or grant.disclosure not in (
+        Level.AGGREGATE,
+        Level.MEMBERSHIP,
+        Level.DISCLOSURE_REQUEST,
+    ):
+        return []
+    clip = ", ".join(
+        f"{name} clipped to [{_number(lo)}, {_number(hi)}]" for name, lo, hi in grant.clip
+    )
+    lines = [
+        f"Aggregates: sums of {', '.join(grant.aggregate_columns)}"
+        + (f" ({clip})" if clip else "")
+        + f" over at least {grant.min_cohort} matched records."
+    ]
+    if grant.noise:
+        budget = (
+            f"; at most {grant.epsilon_budget.epsilon:g} per {grant.epsilon_budget.per.describe()}"
+            if grant.epsilon_budget
+            else ""
+        )
+        lines.append(f"Noise: on, epsilon {grant.epsilon_per_query:g} per query{budget}.")
+    else:
+        lines.append("Noise: OFF — aggregates are exact, not protected by differential privacy.")
+    if grant.total_only:
+        lines.append("Only the federation-wide total: this node's own share is never revealed.")
+    return lines
+
+
+def _request_lines(grant: Grant) -> list[str]:
+    if grant.disclosure is not Level.DISCLOSURE_REQUEST:
+        return []
+    fields = ", ".join(grant.disclosable_fields) or "no attribute (hits are confirmed only)"
+    approval = (
+        "answered at once"
+        if grant.approval == "automatic"
+        else "queued for the privacy officer's approval"
+    )
+    due = f", answered within {grant.answer_within_days} days" if grant.answer_within_days else ""
+    return [
+        f"Disclosure requests: {fields}; {approval}{due}.",
+        f"Preservation (freeze) requests: up to {grant.preservation_days_max} days.",
+    ]
+
+
+def describe_grant(grant: Grant, jurisdiction: str, now: dt.datetime) -> list[str]:
+    lines = [
+        f"{grant.where()}: {grant.disclosure.label} — it learns "
+        + _LEARNS[grant.disclosure].format(j=jurisdiction)
+        + "."
+    ]
+    limits = _limits(grant)
+    if limits:
+        lines.append("Limits: " + "; ".join(limits) + ".")
+    lines += _aggregate_lines(grant)
+    if grant.disclosure is Level.OVERLAP:
+        lines.append(
+            "It also learns which of its own items are shared, and with whom."
+            if grant.reveal_to_owner
+            else "Which items are shared stays hidden from the partner's own node."
+        )
+    lines += _request_lines(grant)
+    bases = (
+        "legal bases accepted: " + ", ".join(grant.legal_bases)
+        if grant.legal_bases
+        else "any legal basis (or none) accepted"
+    )
+    case = "a case reference is required" if grant.require_case else "no case reference needed"
+    lines.append(f"{bases[0].upper()}{bases[1:]}; {case}.")
+    start = f"from {_when(grant.valid_from)} " if grant.valid_from else ""
+    until = f"until {_when(grant.expires)}" if grant.expires else "with no end date"
+    state = ""
+    if not grant.valid_at(now):
+        state = (
+            " — EXPIRED, not in force"
+            if grant.expires and now >= grant.expires
+            else " — NOT YET in force"
+        )
+    lines.append(f"Valid {start}{until}{state}.")
+    return lines
+
+
+def _may_not(grants: Sequence[Grant], jurisdiction: str) -> list[str]:
+    levels = {g.disclosure for g in grants}
+    top = max((g.disclosure for g in grants if g.disclosure is not Level.OVERLAP), default=None)
+    out = []
+    if top is None or top < Level.MEMBERSHIP:
+        out.append(f"learn which items {jurisdiction} holds")
+    if top is None or top < Level.DISCLOSURE_REQUEST:
+        out.append("ask for any attribute of a record (no disclosure-request grant)")
+    if not any(
+        g.aggregate_columns
+        and g.disclosure in (Level.AGGREGATE, Level.MEMBERSHIP, Level.DISCLOSURE_REQUEST)
+        for g in grants
+    ):
+        out.append("obtain sums or counts of any column (no aggregate grant)")
+    if Level.OVERLAP not in levels:
+        out.append("include this dataset in an overlap census")
+    if top is None:
+        out.insert(0, "run a match query at all")
+    return out
+
+
+def explain(
+    policy: Policy,
+    partner: str,
+    dataset: str | None = None,
+    datasets: Sequence[str] = (),
+    now: dt.datetime | None = None,
+) -> str:
+    """Plain-language account of what `partner` may learn under `policy`."""
+    moment = now or utc_now()
+    j = policy.jurisdiction
+    names = [dataset] if dataset else sorted(set(policy.datasets()) | set(datasets))
+    lines = [
+        f"{j}'s policy {policy.version} ({policy.path}, sha256 {policy.sha256[:16]}…):",
+        f"what {partner} may learn, as of {_when(moment)}.",
+        "",
+    ]
+    if not any(g.applies(partner, d) for g in policy.grants for d in policy.datasets()):
+        lines.append(
+            f"Nothing: no grant names {partner}; {j} refuses every query from it (deny by default)."
+        )
+        return "\n".join(lines) + "\n"
+    for name in names:
+        grants = sorted(
+            (g for g in policy.grants if g.applies(partner, name)),
+            key=lambda g: (-int(g.disclosure), g.index),
+        )
+        lines.append(f"Dataset {name}:")
+        if not grants:
+            lines.append(
+                f"  Nothing: no grant names {partner} for {name}; every query on it is refused."
+            )
+            lines.append("")
+            continue
+        for grant in grants:
+            first, *rest = describe_grant(grant, j, moment)
+            lines.append(f"  • {first}")
+            lines += [f"    {line}" for line in rest]
+        in_force = [g for g in grants if g.valid_at(moment)]
+        not_allowed = _may_not(in_force, j)
+        if not_allowed:
+            lines.append(f"  {partner} may not: " + "; ".join(not_allowed) + ".")
+        lines.append("")
+    if any(g.rate_limit or g.item_budget or g.epsilon_budget for g in policy.grants):
+        lines.append(
+            "Limits count usage in sliding windows, per partner and dataset; a query "
+            "over a limit is refused with the time it renews."
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- diff ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one partner may get from one dataset, summarised for comparison."""
+
+    level: Level | None
+    facts: dict[str, object]
+
+
+def _access(policy: Policy, partner: str, dataset: str) -> Access:
+    grants = [g for g in policy.grants if g.applies(partner, dataset)]
+    if not grants:
+        return Access(None, {})
+    best = max(
+        grants,
+        key=lambda g: (
+            int(g.disclosure) if g.disclosure is not Level.OVERLAP else 0,
+            g.max_items_per_query,
+            -g.index,
+        ),
+    )
+    facts: dict[str, object] = {
+        "max_items_per_query": best.max_items_per_query,
+        "rate_limit": (best.rate_limit.queries, best.rate_limit.per.label)
+        if best.rate_limit
+        else None,
+        "item_budget": (best.item_budget.items, best.item_budget.per.label)
+        if best.item_budget
+        else None,
+        "legal_bases": tuple(sorted(best.legal_bases)),
+        "require_case": best.require_case,
+        "valid_from": best.valid_from,
+        "expires": best.expires,
+        "aggregate_columns": tuple(sorted(best.aggregate_columns)),
+        "noise": best.noise,
+        "min_cohort": best.min_cohort,
+        "epsilon_per_query": best.epsilon_per_query,
+        "epsilon_budget": (best.epsilon_budget.epsilon, best.epsilon_budget.per.label)
+        if best.epsilon_budget
+        else None,
+        "disclosable_fields": tuple(sorted(best.disclosable_fields)),
+        "approval": best.approval,
+        "overlap": any(g.disclosure is Level.OVERLAP for g in grants),
+        "reveal_to_owner": any(g.reveal_to_owner for g in grants if g.disclosure is Level.OVERLAP),
+    }
+    level = best.disclosure if best.disclosure is not Level.OVERLAP else None
+    return Access(level, facts)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[1], str)
+        and isinstance(value[0], int | float)
+    ):
+        return f"{_number(value[0])} per {value[1]}"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "any"
+    if isinstance(value, dt.datetime):
+        return _when(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _amount(value: object) -> float | None:
+    if isinstance(value, tuple) and value and isinstance(value[0], int | float):
+        return float(value[0])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _per_seconds(label: object) -> float:
+    from node.policy import Period
+
+    period = Period.parse(str(label))
+    return float(period.seconds) if period else 1.0
+
+
+def _direction(key: str, old: object, new: object) -> str:
+    """'looser' (partner may get more), 'tighter', or '' when it cannot be said."""
+    if key in ("rate_limit", "item_budget", "epsilon_budget"):
+        if old is None:
+            return "tighter"
+        if new is None:
+            return "looser"
+        assert isinstance(old, tuple) and isinstance(new, tuple)
+        rate_old = float(old[0]) / _per_seconds(old[1])
+        rate_new = float(new[0]) / _per_seconds(new[1])
+        return "looser" if rate_new > rate_old else "tighter" if rate_new < rate_old else ""
+    if key in ("max_items_per_query", "epsilon_per_query"):
+        a, b = _amount(old), _amount(new)
+        if a is None or b is None:
+            return ""
+        return "looser" if b > a else "tighter"
+    if key == "min_cohort":
+        return "tighter" if float(new) > float(old) else "looser"  # type: ignore[arg-type]
+    if key == "legal_bases":
+        old_set, new_set = set(old), set(new)  # type: ignore[call-overload]
+        if not old_set:
+            return "tighter"
+        if not new_set:
+            return "looser"
+        return "looser" if new_set > old_set else "tighter" if new_set < old_set else ""
+    if key in ("aggregate_columns", "disclosable_fields"):
+        old_set, new_set = set(old), set(new)  # type: ignore[call-overload]
+        return "looser" if new_set > old_set else "tighter" if new_set < old_set else ""
+    if key in ("require_case",):
+        return "tighter" if new else "looser"
+    if key in ("noise",):
+        return "tighter" if new else "looser"
+    if key in ("overlap", "reveal_to_owner"):
+        return "looser" if new else "tighter"
+    if key == "expires":
+        if old is None:
+            return "tighter"
+        if new is None:
+            return "looser"
+        return "looser" if new > old else "tighter"  # type: ignore[operator]
+    if key == "valid_from":
+        if old is None:
+            return "tighter"
+        if new is None:
+            return "looser"
+        return "looser" if new < old else "tighter"  # type: ignore[operator]
+    if key == "approval":
+        return "looser" if new == "automatic" else "tighter"
+    return ""
+
+
+def diff(old: Policy, new: Policy) -> str:
+    """Per partner and dataset, what changes between two versions of a policy."""
+    partners = sorted(set(old.partners()) | set(new.partners()))
+    datasets = sorted(set(old.datasets()) | set(new.datasets()))
+    lines = [f"{old.jurisdiction} policy {old.version} ({old.path}) → {new.version} ({new.path})"]
+    if old.jurisdiction != new.jurisdiction:
+        lines.append(
+            f"WARNING: the files are for different jurisdictions ({old.jurisdiction} → "
+            f"{new.jurisdiction})"
+        )
+    changed = 0
+    for partner in partners:
+        for dataset in datasets:
+            before, after = _access(old, partner, dataset), _access(new, partner, dataset)
+            if before == after:
+                continue
+            changed += 1
+            who = 'any member ("*")' if partner == "*" else partner
+            lines.append("")
+            lines.append(f"{who} · {dataset}: {_level_change(before, after)}")
+            if before.level is None and not before.facts or after.level is None and not after.facts:
+                continue
+            for key in before.facts:
+                a, b = before.facts[key], after.facts.get(key)
+                if a == b:
+                    continue
+                direction = _direction(key, a, b)
+                note = {
+                    "looser": " (looser: more for the partner)",
+                    "tighter": " (tighter: less for the partner)",
+                }.get(direction, "")
+                lines.append(f"  {key}: {_show(a)} → {_show(b)}{note}")
+    if not changed:
+        lines.append("")
+        lines.append("No partner's access changes.")
+    return "\n".join(lines) + "\n"
+
+
+def _level_change(before: Access, after: Access) -> str:
+    def name(access: Access) -> str:
+        if access.level is None:
+            return "overlap census only" if access.facts.get("overlap") else "nothing"
+        return access.level.label
+
+    if not before.facts:
+        return f"nothing → {name(after)} (MORE disclosed: new access)"
+    if not after.facts:
+        return f"{name(before)} → nothing (LESS disclosed: access removed)"
+    a = int(before.level) if before.level else 0
+    b = int(after.level) if after.level else 0
+    if a == b:
+        return f"{name(after)} (level unchanged; limits change)"
+    word = "MORE disclosed" if b > a else "LESS disclosed"
+    return f"{name(before)} → {name(after)} ({word})"
