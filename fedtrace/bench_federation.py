@@ -1,0 +1,321 @@
+"""Real-federation part of ``scripts/bench``: three `fedtrace node serve` processes over mTLS.
+
+Builds a federation on disk through the public commands (``node init``,
+``node ingest``), starts real node processes on loopback, and times the
+investigator's ``fedtrace query match`` CLI end to end: cold (every node starts
+a new epoch, so it blinds its whole set, and the coordinator has no cached
+filter) and warm (epochs persisted, filters cached). Peak memory is read from
+``/proc/PID/status`` (``VmHWM``) for nodes and from ``wait4`` for the
+coordinator process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+
+JURISDICTIONS = ("EE", "FR", "SG")
+INVESTIGATOR = "FR"
+WATCHLIST_ITEMS = 10_000
+#: Wallets every node holds, so the expected match counts are known.
+SHARED_WALLETS = 500
+#: Wallets of each node that the watchlist names (beside the shared ones).
+WATCHLISTED_PER_NODE = 1_000
+START_TIMEOUT_SECONDS = 900.0
+
+POLICY = """jurisdiction = "{code}"
+version = "bench-1"
+[[grant]]
+partners = ["{investigator}"]
+datasets = ["wallets"]
+disclosure = "membership"
+max_items_per_query = {limit}
+"""
+
+Say = Callable[[str], None]
+
+
+def _fedtrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
+                          text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"`fedtrace {' '.join(args)}` failed: {done.stderr.strip()[-800:]}")
+    return done
+
+
+def _address(rng: random.Random) -> str:
+    """A valid canonical Ethereum address (lower-case hex needs no checksum)."""
+    return "0x" + rng.randbytes(20).hex()
+
+
+def write_transactions(path: Path, wallets: list[str], seed: int) -> int:
+    """Transactions in the exchange schema that touch exactly ``wallets`` (two per row)."""
+    rng = random.Random(seed)
+    rows = 0
+    with path.open("w", encoding="utf-8") as out:
+        out.write("tx_hash,chain,from_address,to_address,asset,amount,amount_eur,timestamp\n")
+        for start in range(0, len(wallets) - 1, 2):
+            out.write(
+                f"0x{rng.randbytes(32).hex()},eth,{wallets[start]},{wallets[start + 1]},ETH,"
+                f"1.5,{rng.randrange(1, 100_000)}.25,2024-01-01T00:00:00Z\n"
+            )
+            rows += 1
+    return rows
+
+
+@dataclass
+class BenchNode:
+    code: str
+    node_dir: Path
+    process: subprocess.Popen[str] | None = None
+    address: str = ""
+
+    def start(self) -> float:
+        """Start ``node serve`` and return the seconds until it serves (epoch included)."""
+        started = time.perf_counter()
+        with (self.node_dir / "serve.log").open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(self.node_dir),
+                 "--listen", "127.0.0.1:0"],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "serving on" not in line:
+            self.process.kill()
+            raise RuntimeError(f"node {self.code} did not start: "
+                               f"{(self.node_dir / 'serve.log').read_text()[-1500:]}")
+        self.address = line.rsplit(" ", 1)[-1].strip()
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def peak_rss_bytes(self) -> tuple[int, int]:
+        """(peak RSS of the node process, the same plus its pool workers), from VmHWM."""
+        assert self.process is not None
+        main = _vm_hwm(self.process.pid)
+        return main, main + sum(_vm_hwm(pid) for pid in _descendants(self.process.pid))
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+@dataclass
+class Federation:
+    root: Path
+    wallets: int
+    nodes: list[BenchNode] = field(default_factory=list)
+    watchlist: Path | None = None
+    expected_matches: int = 0
+    ingest_rows: int = 0
+    ingest_seconds: float = 0.0
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "coordinator-cache"
+
+    def write_federation_file(self) -> Path:
+        lines = ["[investigator]", f'name = "{INVESTIGATOR}"', 'cert = "investigator/cert.pem"',
+                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
+                 "deadline_seconds = 600", ""]
+        for node in self.nodes:
+            lines += ["[[node]]", f'name = "{node.code}"', f'address = "{node.address}"', ""]
+        path = self.root / "federation.toml"
+        path.write_text("\n".join(lines))
+        return path
+
+    def start_all(self) -> list[float]:
+        """Start the nodes one after another, so each blinds its set on every core alone,
+        as it would on its own machine; returns each node's seconds to serving."""
+        seconds = [node.start() for node in self.nodes]
+        self.write_federation_file()
+        return seconds
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def forget_epochs(self) -> None:
+        """Drop every persisted epoch and the coordinator's filter cache (nodes stopped)."""
+        for node in self.nodes:
+            con = duckdb.connect(str(node.node_dir / "node.duckdb"))
+            try:
+                con.execute("DROP TABLE IF EXISTS epochs")
+            finally:
+                con.close()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def query(self) -> tuple[float, int, dict[str, object]]:
+        """Run `fedtrace query match` once: (wall seconds, peak RSS bytes, JSON report)."""
+        assert self.watchlist is not None
+        env = {**os.environ, "FEDTRACE_CACHE_DIR": str(self.cache_dir)}
+        started = time.perf_counter()
+        with (self.root / "query.err").open("w+") as errors:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedtrace.cli", "query", "match", "--federation",
+                 str(self.root / "federation.toml"), "--watchlist", str(self.watchlist),
+                 "--dataset", "wallets", "--case", "BENCH-1", "--legal-basis", "MLA",
+                 "--format", "json", "--out", str(self.root / "report.json")],
+                stdout=subprocess.DEVNULL, stderr=errors, text=True, env=env,
+            )
+            # VmHWM is polled while the process lives: wait4's ru_maxrss would not do,
+            # Linux carries it over from the forking parent (this bench) across exec.
+            peak = 0
+            while process.poll() is None:
+                peak = max(peak, _vm_hwm(process.pid))
+                time.sleep(0.01)
+            seconds = time.perf_counter() - started
+            errors.seek(0)
+            if process.returncode != 0:
+                raise RuntimeError(f"query match exited {process.returncode}: "
+                                   f"{errors.read()[-1500:]}")
+        report = json.loads((self.root / "report.json").read_text())
+        for result in report["results"]:
+            if result["match_count"] != self.expected_matches:
+                raise RuntimeError(f"{result['node']} matched {result['match_count']}, "
+                                   f"expected {self.expected_matches}")
+        return seconds, peak, report
+
+
+def build_federation(root: Path, wallets: int, say: Say) -> Federation:
+    """CA, three nodes with ``wallets`` distinct wallets each, the investigator, a watchlist."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    init_ca(root / "ca")
+    issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
+    rng = random.Random(f"bench:{wallets}")
+    shared = [_address(rng) for _ in range(SHARED_WALLETS)]
+    federation = Federation(root=root, wallets=wallets)
+    watchlisted = list(shared)
+    for index, code in enumerate(JURISDICTIONS):
+        node_dir = root / "nodes" / code
+        _fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
+        (node_dir / "policy.toml").write_text(
+            POLICY.format(code=code, investigator=INVESTIGATOR, limit=WATCHLIST_ITEMS))
+        own = [_address(rng) for _ in range(wallets - SHARED_WALLETS)]
+        watchlisted += own[:WATCHLISTED_PER_NODE]
+        held = shared + own
+        random.Random(index).shuffle(held)
+        csv_path = root / f"{code}-transactions.csv"
+        rows = write_transactions(csv_path, held, seed=index)
+        started = time.perf_counter()
+        _fedtrace("node", "ingest", str(node_dir), str(csv_path), "--table", "transactions")
+        federation.ingest_seconds += time.perf_counter() - started
+        federation.ingest_rows += rows
+        csv_path.unlink()
+        federation.nodes.append(BenchNode(code, node_dir))
+        say(f"  node {code}: {wallets:,} wallets from {rows:,} transactions ingested")
+    while len(watchlisted) < WATCHLIST_ITEMS:
+        watchlisted.append(_address(rng))  # held by no node (with overwhelming probability)
+    rng.shuffle(watchlisted)
+    federation.watchlist = root / "watchlist.txt"
+    federation.watchlist.write_text("\n".join(watchlisted) + "\n")
+    federation.expected_matches = SHARED_WALLETS + WATCHLISTED_PER_NODE
+    return federation
+
+
+@dataclass(frozen=True)
+class FederationFigures:
+    wallets: int
+    ingest_rows_per_s: float
+    node_start_s: list[list[float]]  # per cold run, per node: process start to serving
+    cold_query_s: list[float]  # the query alone, right after the cold start, no cached filter
+    cold_total_s: list[float]  # slowest node start + cold query
+    warm_query_s: list[float]
+    node_peak_rss: int  # largest node process VmHWM
+    node_peak_rss_with_workers: int  # plus its blinding pool's processes
+    coordinator_peak_rss: int
+
+
+def measure_federation(
+    root: Path, wallets: int, *, cold_runs: int, warm_runs: int, say: Say
+) -> FederationFigures:
+    """Build a federation of three ``wallets``-wallet nodes and time cold and warm queries."""
+    federation = build_federation(root, wallets, say)
+    node_start: list[list[float]] = []
+    cold_query: list[float] = []
+    warm_query: list[float] = []
+    coordinator_rss = 0
+    try:
+        for run in range(cold_runs):
+            federation.stop_all()
+            federation.forget_epochs()
+            starts = federation.start_all()
+            seconds, rss, _ = federation.query()
+            node_start.append(starts)
+            cold_query.append(seconds)
+            coordinator_rss = max(coordinator_rss, rss)
+            say(f"  cold run {run + 1}: node starts {', '.join(f'{s:.1f}' for s in starts)} s, "
+                f"query {seconds:.2f} s")
+        for _ in range(warm_runs):
+            seconds, rss, _ = federation.query()
+            warm_query.append(seconds)
+            coordinator_rss = max(coordinator_rss, rss)
+        say(f"  warm: median {statistics.median(warm_query):.2f} s over {warm_runs} runs")
+        peaks = [node.peak_rss_bytes() for node in federation.nodes]
+    finally:
+        federation.stop_all()
+    return FederationFigures(
+        wallets=wallets,
+        ingest_rows_per_s=federation.ingest_rows / federation.ingest_seconds,
+        node_start_s=node_start,
+        cold_query_s=cold_query,
+        cold_total_s=[max(s) + q for s, q in zip(node_start, cold_query, strict=True)],
+        warm_query_s=warm_query,
+        node_peak_rss=max(main for main, _ in peaks),
+        node_peak_rss_with_workers=max(total for _, total in peaks),
+        coordinator_peak_rss=coordinator_rss,
+    )
