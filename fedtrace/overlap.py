@@ -35,8 +35,10 @@ import os
 import resource
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -556,25 +558,47 @@ def _tap(stream: Iterable[bytes], observe: Observer | None, sender: str, receive
 
 
 def run_census(plan: CensusPlan, peers: Mapping[str, CensusPeer], *,
-               observe: Observer | None = None) -> CensusTally:
+               observe: Observer | None = None, concurrent: bool = False) -> CensusTally:
     """The coordinator's schedule: every set around its ring into the tally, then notices.
 
-    Each set is streamed hop to hop without the coordinator holding it; the
-    integration may run one round's hops (``plan.rounds()``) concurrently.
+    Each set is streamed hop to hop without the coordinator holding it. With
+    ``concurrent``, every origin's route runs on its own thread, so in each
+    round every node is relaying one set (``plan.rounds()``) while its own set
+    travels elsewhere; the first failure stops the census and closes it on every
+    participant.
     """
     sizes = {code: peers[code].open(plan) for code in plan.roster}
     tally = CensusTally(plan)
-    try:
-        for origin, hops in plan_route(plan.roster):
-            stream: Iterator[bytes] = _tap(peers[origin].initial(plan.census_id), observe,
-                                           origin, "coordinator", origin, 1)
-            for depth, relay in enumerate(hops, start=1):
-                to_relay = _tap(stream, observe, "coordinator", relay, origin, depth)
-                stream = _tap(peers[relay].relay(plan.census_id, origin, sizes[origin], to_relay),
-                              observe, relay, "coordinator", origin, depth + 1)
-            for batch in stream:
+    counting = threading.Lock()
+
+    def route_one(origin: str, hops: list[str]) -> None:
+        stream: Iterator[bytes] = _tap(peers[origin].initial(plan.census_id), observe,
+                                       origin, "coordinator", origin, 1)
+        for depth, relay in enumerate(hops, start=1):
+            to_relay = _tap(stream, observe, "coordinator", relay, origin, depth)
+            stream = _tap(peers[relay].relay(plan.census_id, origin, sizes[origin], to_relay),
+                          observe, relay, "coordinator", origin, depth + 1)
+        for batch in stream:
+            with counting:
                 tally.add_final(origin, batch)
+        with counting:
             tally.close_origin(origin, sizes[origin])
+
+    try:
+        routes = plan_route(plan.roster)
+        if concurrent:
+            pool = ThreadPoolExecutor(max_workers=len(routes), thread_name_prefix="census")
+            try:
+                futures = [pool.submit(route_one, origin, hops) for origin, hops in routes]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future in done and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            for origin, hops in routes:
+                route_one(origin, hops)
         if plan.reveal:
             for origin in plan.roster:
                 notices = _tap(tally.shared_notices(origin), observe, "coordinator", origin,

@@ -1,0 +1,168 @@
+"""Benchmark of the overlap census with real node processes: seconds and peak memory.
+
+Builds a throwaway federation (CA, N nodes over synthetic ETH transactions with
+about 10% of each wallet set shared across every group), starts `fedtrace node
+serve` for each, runs `fedtrace query overlap` once and reports wall time and the
+peak RSS of the coordinator and of every node process (their blinding pool's
+worker processes are not included; they hold one batch each).
+
+    python -m fedtrace.bench_census --nodes 3 --wallets 100000 [--dir DIR]
+
+Setup (ingest, each node's membership epoch) is timed apart from the census.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+
+CODES = ("EE", "FR", "SG", "DE", "LT", "PL", "NL", "ES")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
+                          text=True, check=True)
+
+
+def wallet_sets(codes: tuple[str, ...], wallets: int, shared_fraction: float = 0.1,
+                seed: int = 1) -> dict[str, list[str]]:
+    """Lower-case 0x+40-hex addresses; shared ones cycle through every group of two or more."""
+    rng = random.Random(seed)
+    groups = [m for m in range(1, 1 << len(codes)) if m.bit_count() >= 2]
+    sets: dict[str, list[str]] = {code: [] for code in codes}
+    shared = int(wallets * shared_fraction)
+    pool = 0
+    while min(len(items) for items in sets.values()) < shared:
+        address = f"0x{rng.getrandbits(160):040x}"
+        mask = groups[pool % len(groups)]
+        for bit, code in enumerate(codes):
+            if mask >> bit & 1 and len(sets[code]) < shared:
+                sets[code].append(address)
+        pool += 1
+    for code in codes:
+        while len(sets[code]) < wallets:
+            sets[code].append(f"0x{rng.getrandbits(160):040x}")
+    return sets
+
+
+def _write_transactions(path: Path, wallets: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tx_hash", "chain", "from_address", "to_address", "asset", "amount",
+                         "amount_eur", "timestamp"])
+        for index, address in enumerate(wallets):
+            writer.writerow([f"0x{index:064x}", "eth", address, address, "ETH", "1", "1.00",
+                             "2026-01-01T00:00:00Z"])
+
+
+def _peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
+    codes = CODES[:n_nodes]
+    started = time.perf_counter()
+    init_ca(root / "ca")
+    issue(root / "ca", root / "investigator", name=codes[0], role=ROLE_INVESTIGATOR)
+    sets = wallet_sets(codes, wallets)
+    processes: dict[str, subprocess.Popen[str]] = {}
+    addresses: dict[str, str] = {}
+    try:
+        for code in codes:
+            node_dir = root / code
+            _cli("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
+            (node_dir / "policy.toml").write_text(
+                f'jurisdiction = "{code}"\nversion = "bench"\n[[grant]]\npartners = ["*"]\n'
+                'datasets = ["wallets"]\ndisclosure = "overlap"\nreveal_to_owner = true\n'
+            )
+            _write_transactions(root / f"{code}.csv", sets[code])
+            _cli("node", "ingest", str(node_dir), str(root / f"{code}.csv"), "--table",
+                 "transactions")
+        for code in codes:
+            log = (root / f"{code}.log").open("w")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(root / code),
+                 "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if "serving on" not in line:
+                raise RuntimeError(f"node {code} did not start: see {root / f'{code}.log'}")
+            processes[code] = process
+            addresses[code] = line.rsplit(" ", 1)[-1].strip()
+        setup_seconds = time.perf_counter() - started
+        lines = ["[investigator]", f'name = "{codes[0]}"', 'cert = "investigator/cert.pem"',
+                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
+                 "deadline_seconds = 3600", ""]
+        for code in codes:
+            lines += ["[[node]]", f'name = "{code}"', f'address = "{addresses[code]}"', ""]
+        (root / "federation.toml").write_text("\n".join(lines))
+        started = time.perf_counter()
+        coordinator = subprocess.Popen(
+            [sys.executable, "-m", "fedtrace.cli", "query", "overlap", "--federation",
+             str(root / "federation.toml"), "--dataset", "wallets", "--case", "BENCH",
+             "--format", "json", "--out", str(root / "report.json")],
+            stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(coordinator.pid, 0)
+        census_seconds = time.perf_counter() - started
+        coordinator.returncode = os.waitstatus_to_exitcode(status)
+        if coordinator.returncode != 0:
+            assert coordinator.stderr is not None
+            raise RuntimeError(f"census failed ({coordinator.returncode}): "
+                               f"{coordinator.stderr.read()[-2000:]}")
+        report = json.loads((root / "report.json").read_text())
+        node_rss = {code: _peak_rss_mib(p.pid) for code, p in processes.items()}
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=60)
+            if process.stdout is not None:
+                process.stdout.close()
+    multiplications = n_nodes * n_nodes * wallets
+    return {
+        "nodes": n_nodes,
+        "wallets_per_node": wallets,
+        "setup_seconds": round(setup_seconds, 1),
+        "census_seconds": round(census_seconds, 2),
+        "scalar_multiplications": multiplications,
+        "multiplications_per_second": round(multiplications / census_seconds),
+        "coordinator_peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "node_peak_rss_mib": node_rss,
+        "groups": report["groups"],
+        "statuses": {r["node"]: r["status"] for r in report["results"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench_census")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--wallets", type=int, default=100_000)
+    parser.add_argument("--dir", help="build the federation here (default: a temporary dir)")
+    args = parser.parse_args(argv)
+    if args.dir:
+        result = run(args.nodes, args.wallets, Path(args.dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedtrace-census-bench-") as tmp:
+            result = run(args.nodes, args.wallets, Path(tmp))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

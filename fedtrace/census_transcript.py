@@ -1,0 +1,63 @@
+"""What a node signs over its side of an overlap census, computed identically by the coordinator.
+
+A census spans several RPCs, so the node signs once, at close: the query context,
+the roster, its own set size, and the SHA-256 of every point batch it sent and
+received (its initial set, each relay hop, the notices). The coordinator
+rebuilds the same document from the messages it relayed (it saw every one) and
+checks the signature with the node's certificate. Only digests and counts: no
+point and no identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+CENSUS_TRANSCRIPT_DOMAIN = b"fedtrace-census-transcript-v1\x00"
+
+
+@dataclass(frozen=True)
+class CensusHop:
+    """One relay pass of this node over one foreign set."""
+
+    origin: str
+    hop: int
+    points: int
+    received_sha256: str
+    sent_sha256: str
+
+
+@dataclass(frozen=True)
+class CensusTranscript:
+    jurisdiction: str
+    investigator: str
+    dataset: str
+    census_id: str
+    roster: tuple[str, ...]
+    reveal: bool
+    disclosure: str
+    policy_version: str
+    case_ref: str
+    legal_basis: str
+    nonce: str
+    timestamp_unix_ms: int
+    set_size: int
+    initial_sha256: str  # SHA-256 of the node's initial batches, concatenated
+    hops: tuple[CensusHop, ...] = field(default_factory=tuple)  # sorted by hop
+    notices_sha256: str = ""  # reveal only: SHA-256 of the notices the node received
+
+    def canonical_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(CENSUS_TRANSCRIPT_DOMAIN + self.canonical_json()).digest()
+
+    @classmethod
+    def from_json(cls, document: dict[str, object]) -> CensusTranscript:
+        fields = dict(document)
+        fields["roster"] = tuple(fields["roster"])  # type: ignore[arg-type]
+        fields["hops"] = tuple(
+            CensusHop(**hop) for hop in fields["hops"]  # type: ignore[attr-defined]
+        )
+        return cls(**fields)  # type: ignore[arg-type]
