@@ -26,6 +26,7 @@ from coordinator.verify import sign_report
 from fedtrace.errors import ExitCode, FedtraceError
 from fedtrace.identifiers import InvalidIdentifier, load_watchlist
 from fedtrace.pki import read_key_pem
+from fedtrace.revocation import load_revocations
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -101,6 +102,7 @@ def query_match(args: argparse.Namespace) -> int:
             nodes=nodes,
             cache=FilterCache.default(),
             progress=progress,
+            revoked=load_revocations(federation.revoked) if federation.revoked else None,
         )
     summary = WatchlistSummary(
         file=str(watchlist_path),

@@ -24,6 +24,7 @@ class Federation:
     ca: Path
     nodes: tuple[NodeEntry, ...]
     deadline_seconds: float
+    revoked: Path | None = None  # the federation's revocation list (fedtrace.revocation)
 
     def select(self, names: tuple[str, ...] | None) -> tuple[NodeEntry, ...]:
         if not names:
@@ -44,7 +45,9 @@ def load_federation(path: Path) -> Federation:
     )
     base = path.parent
     inv = TableReader(
-        top.required("investigator", dict), f"{path} [investigator]", ("name", "cert", "key", "ca")
+        top.required("investigator", dict),
+        f"{path} [investigator]",
+        ("name", "cert", "key", "ca", "revoked"),
     )
     query = TableReader(top.optional("query", dict, {}), f"{path} [query]", ("deadline_seconds",))
     nodes = []
@@ -65,6 +68,7 @@ def load_federation(path: Path) -> Federation:
         ca=base / inv.required("ca", str),
         nodes=tuple(nodes),
         deadline_seconds=query.optional("deadline_seconds", float, 120.0),
+        revoked=base / inv.optional("revoked", str, "") if inv.has("revoked") else None,
     )
     for reader in (inv, query, top):
         reader.finish()

@@ -19,11 +19,13 @@ from typing import Any
 import grpc
 
 from coordinator.federation import Federation, NodeEntry
+from coordinator.retry import with_retries
 from coordinator.transport import NodeTransport
 from fedtrace import gcs, group, psi
 from fedtrace.errors import FedtraceError
 from fedtrace.items import item_bytes
 from fedtrace.pki import ROLE_NODE, InvalidCertificate, verify_issued_by, verify_signature
+from fedtrace.revocation import RevocationList
 from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
 from fedtrace.v1 import node_pb2
 
@@ -127,6 +129,7 @@ def run_match(
     nodes: Sequence[NodeEntry] | None = None,
     cache: FilterCache | None = None,
     progress: Progress | None = None,
+    revoked: RevocationList | None = None,
 ) -> list[NodeResult]:
     """Run one match query against the selected nodes; results in roster order."""
     entries = list(nodes or federation.nodes)
@@ -140,7 +143,12 @@ def run_match(
         started = time.monotonic()
         transport = transports(entry)
         try:
-            result = _query_node(entry, transport, query, blinded, ca_pem, cache, deadline, report)
+            result = with_retries(  # transient UNAVAILABLE / busy: back off, retry in deadline
+                lambda: _query_node(
+                    entry, transport, query, blinded, ca_pem, cache, deadline, report, revoked
+                ),
+                deadline,
+            )
         except NodeFailure as exc:
             result = NodeResult(entry.name, exc.status, str(exc))
         except grpc.RpcError as exc:
@@ -171,11 +179,12 @@ def _query_node(
     cache: FilterCache,
     deadline: float,
     report: Progress,
+    revoked: RevocationList | None = None,
 ) -> NodeResult:
     for attempt in range(2):
         report(entry.name, "asking for node info")
         info = transport.info(_remaining(deadline))
-        node_cert = _check_node_certificate(entry, info, ca_pem)
+        node_cert = _check_node_certificate(entry, info, ca_pem, revoked)
         dataset = next((d for d in info.datasets if d.name == query.dataset), None)
         if dataset is None:
             names = ", ".join(d.name for d in info.datasets) or "none"
@@ -213,7 +222,12 @@ def _query_node(
     raise NodeFailure("error", "the node's epoch changed twice during the query")
 
 
-def _check_node_certificate(entry: NodeEntry, info: node_pb2.NodeInfo, ca_pem: bytes) -> bytes:
+def _check_node_certificate(
+    entry: NodeEntry,
+    info: node_pb2.NodeInfo,
+    ca_pem: bytes,
+    revoked: RevocationList | None = None,
+) -> bytes:
     try:
         identity = verify_issued_by(info.certificate_pem, ca_pem)
     except InvalidCertificate as exc:
@@ -223,6 +237,12 @@ def _check_node_certificate(entry: NodeEntry, info: node_pb2.NodeInfo, ca_pem: b
     if identity.jurisdiction != entry.name or identity.role != ROLE_NODE:
         raise NodeFailure(
             "error", f"{entry.address} signs as {identity.describe()}, not as node {entry.name}"
+        )
+    if revoked is not None and revoked.find(identity) is not None:
+        raise NodeFailure(
+            "error",
+            f"UNAUTHENTICATED: {entry.name}'s certificate ({identity.describe()}) is revoked in "
+            "the federation's revocation list; its answer is not trusted",
         )
     return bytes(info.certificate_pem)
 

@@ -138,37 +138,53 @@ class AuditLog:
             ) from None
 
     def append(self, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Append one entry; returns it as written (with seq, hash and signature)."""
+        """Append one entry; returns it as written (with seq, hash and signature).
+
+        A last line torn by a crash mid-write (no newline at its end) is first set
+        aside by `_repair_torn_tail`, and the repair is itself an entry.
+        """
         trail = self.directory / TRAIL_FILE
         with self._lock, _locked(self.directory, exclusive=True):
-            last = _last_entry(trail)
-            entry: dict[str, Any] = {
-                **fields,
-                "event": event,
-                "seq": 1 if last is None else int(last["seq"]) + 1,
-                "time": _now_text(),
-                "prev": GENESIS if last is None else str(last["hash"]),
-                "signer": self._signer,
-            }
-            digest = entry_hash(entry)
-            entry["hash"] = digest
-            entry["signature"] = sign(self._key_pem, bytes.fromhex(digest)).hex()
-            line = (
-                json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
-            )
             try:
-                fd = os.open(trail, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                try:
-                    os.write(fd, line.encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._write_head(entry)
+                repair = _repair_torn_tail(self.directory, trail)
             except OSError as exc:
                 raise AuditError(
-                    f"{trail}: cannot append to the audit trail: {exc.strerror}"
+                    f"{trail}: cannot set aside a torn last line: {exc.strerror}"
                 ) from None
-            return entry
+            if repair is not None:
+                self._append_locked(trail, "trail-repaired", repair)
+            return self._append_locked(trail, event, fields)
+
+    def _append_locked(self, trail: Path, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one entry and move the head; the caller holds both locks."""
+        last = _last_entry(trail)
+        entry: dict[str, Any] = {
+            **fields,
+            "event": event,
+            "seq": 1 if last is None else int(last["seq"]) + 1,
+            "time": _now_text(),
+            "prev": GENESIS if last is None else str(last["hash"]),
+            "signer": self._signer,
+        }
+        digest = entry_hash(entry)
+        entry["hash"] = digest
+        entry["signature"] = sign(self._key_pem, bytes.fromhex(digest)).hex()
+        line = (
+            json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+        )
+        try:
+            fd = os.open(trail, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._write_head(entry)
+        except OSError as exc:
+            raise AuditError(
+                f"{trail}: cannot append to the audit trail: {exc.strerror}"
+            ) from None
+        return entry
 
     def _write_head(self, entry: Mapping[str, Any]) -> None:
         head: dict[str, Any] = {
@@ -197,13 +213,81 @@ class AuditLog:
 # --- reading and verifying ------------------------------------------------------------------
 
 
+def _repair_torn_tail(directory: Path, trail: Path) -> dict[str, Any] | None:
+    """Make the trail end with a whole line again after a crash tore its last write.
+
+    Caller holds the exclusive lock. A last line that is a complete, self-consistent
+    entry lacking only its newline gets the newline. Anything else after the last
+    newline is copied to ``torn-<time>.partial`` beside the trail and cut off; the
+    returned fields describe the repair for a ``trail-repaired`` entry. Returns None
+    when the trail is whole.
+    """
+    if not trail.exists():
+        return None
+    with trail.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        start = max(0, size - _TAIL_BYTES)
+        handle.seek(start)
+        tail = handle.read()
+    cut = tail.rfind(b"\n")
+    keep = start + cut + 1 if cut >= 0 else 0  # a fragment longer than the tail: cut it all
+    fragment = tail[cut + 1 :] if cut >= 0 else tail
+    try:
+        entry = json.loads(fragment)
+        whole = isinstance(entry, dict) and entry_hash(entry) == entry.get("hash")
+    except ValueError:
+        whole = False
+    if whole:
+        fd = os.open(trail, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return None
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = directory / f"torn-{stamp}.partial"
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, fragment)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.truncate(trail, keep)
+    fd = os.open(trail, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {
+        "outcome": "repaired",
+        "reason": "the last line was torn by a crash mid-write; it was set aside, not an entry",
+        "torn_bytes": len(fragment),
+        "torn_sha256": hashlib.sha256(fragment).hexdigest(),
+        "set_aside": aside.name,
+    }
+
+
 def read_trail(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
     """The trail's lines and its head, read under a shared lock (a consistent snapshot)."""
+    lines, head, _ = _read_trail(directory)
+    return lines, head
+
+
+def _read_trail(directory: Path) -> tuple[list[str], dict[str, Any] | None, bool]:
+    """As `read_trail`, plus whether the last line is torn (the file ends without a newline)."""
     if not directory.is_dir():
-        return [], None
+        return [], None, False
     with _locked(directory, exclusive=False):
         trail = directory / TRAIL_FILE
-        lines = trail.read_text(encoding="utf-8").splitlines() if trail.exists() else []
+        raw = trail.read_text(encoding="utf-8", errors="replace") if trail.exists() else ""
+        lines = raw.splitlines()
+        torn = bool(raw) and not raw.endswith("\n")
         head_path = directory / HEAD_FILE
         head: dict[str, Any] | None = None
         if head_path.exists():
@@ -211,7 +295,7 @@ def read_trail(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
                 head = dict(json.loads(head_path.read_text(encoding="utf-8")))
             except ValueError:
                 head = {"unreadable": True}
-    return lines, head
+    return lines, head, torn
 
 
 @dataclass(frozen=True)
@@ -268,7 +352,14 @@ def verify_trail(
     The first problem is named: an entry edited, deleted, inserted or reordered, or
     entries missing at the end of the trail.
     """
-    lines, head = read_trail(directory)
+    lines, head, torn = _read_trail(directory)
+    torn_note: tuple[str, ...] = ()
+    if torn and lines:  # a crash tore the last write: not an entry, and never in the head
+        fragment = lines.pop()
+        torn_note = (
+            f"line {len(lines) + 1} is a torn write ({len(fragment)} characters, no newline), "
+            "not an entry; the node sets it aside on its next append",
+        )
     signers = _Signers(directory, ca_pem, jurisdiction)
     parsed: list[dict[str, Any] | None] = []
     for text in lines:
@@ -341,7 +432,8 @@ def verify_trail(
             )
         seen[seq] = number
         previous_hash = entry["hash"]
-    return _verify_head(head, parsed, signers, len(lines))
+    result = _verify_head(head, parsed, signers, len(lines))
+    return Verification(result.ok, result.entries, result.problem, result.notes + torn_note)
 
 
 def _verify_head(

@@ -32,6 +32,7 @@ class TlsConfig:
     cert: Path
     key: Path
     ca: Path
+    revoked: Path  # the federation's revocation list (fedtrace.revocation); may be absent
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,12 @@ def load_node_config(node_dir: Path) -> NodeConfig:
         raise ConfigError(f"{path}: 'epoch_hours' must be positive")
 
     tls_table = top.optional("tls", dict, {})
-    tls = TableReader(tls_table, f"{path} [tls]", ("cert", "key", "ca"))
+    tls = TableReader(tls_table, f"{path} [tls]", ("cert", "key", "ca", "revoked"))
     tls_config = TlsConfig(
         cert=node_dir / tls.optional("cert", str, "tls/cert.pem"),
         key=node_dir / tls.optional("key", str, "tls/key.pem"),
         ca=node_dir / tls.optional("ca", str, "tls/ca.pem"),
+        revoked=node_dir / tls.optional("revoked", str, "tls/revoked.toml"),
     )
     tls.finish()
 

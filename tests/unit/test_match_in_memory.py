@@ -6,7 +6,9 @@ the coordinator's transport protocol.
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +186,9 @@ def _evaluate_raw(node: tuple[NodeState, Path, set[str]], blob: bytes, count: in
     context = FakeContext((root / "FR" / "cert.pem").read_bytes())
     epoch = state.epochs["wallets"].epoch_id
     header = node_pb2.EvaluateHeader(
-        context=node_pb2.QueryContext(case_ref="C-1", nonce=b"n" * 16),
+        context=node_pb2.QueryContext(  # fresh nonce and time: the node refuses replays
+            case_ref="C-1", nonce=os.urandom(16), timestamp_unix_ms=int(time.time() * 1000)
+        ),
         dataset="wallets",
         epoch_id=epoch,
         disclosure=3,
