@@ -254,6 +254,12 @@ def _signed_at(report: Mapping[str, Any]) -> dt.datetime | None:
 def verify_report(
     report: Mapping[str, Any], ca_pem: bytes, *, require_investigator_signature: bool = True
 ) -> ReportVerification:
+    if report.get("document") == "fedtrace-followup-case-record-v1":  # docs/requests.md
+        from coordinator.followup import verify_case_record
+
+        return verify_case_record(
+            dict(report), ca_pem, require_investigator_signature=require_investigator_signature
+        )
     outcome = ReportVerification()
     results = report.get("results")
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):

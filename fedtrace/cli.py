@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtrace.errors import ExitCode, FedtraceError
+from fedtrace.followup_cli import add_officer_request_commands, add_request_commands
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -32,6 +33,19 @@ def _pki_issue(args: argparse.Namespace) -> int:
         Path(args.ca_dir), Path(args.out_dir), name=args.name, role=args.role, days=args.days
     )
     print(f"{args.role} certificate for {args.name} issued: {path}")
+    return ExitCode.OK
+
+
+def _pki_revoke(args: argparse.Namespace) -> int:
+    from fedtrace.revocation import revoke
+
+    path, entry = revoke(
+        Path(args.ca_dir),
+        serial=args.serial or "",
+        cert=Path(args.cert) if args.cert else None,
+        reason=args.reason,
+    )
+    print(f"certificate serial {entry.serial} revoked in {path}; distribute it to every member")
     return ExitCode.OK
 
 
@@ -76,6 +90,19 @@ def _node_serve(args: argparse.Namespace) -> int:
     from node.server import serve
 
     return serve(Path(args.node_dir), args.listen)
+
+
+def _query_overlap(args: argparse.Namespace) -> int:
+    from coordinator.overlap_report import query_overlap
+
+    return query_overlap(args)
+
+
+def _node_shared(args: argparse.Namespace) -> int:
+    from node.shared import list_for_case
+
+    sys.stdout.write(list_for_case(Path(args.node_dir), args.case, args.format))
+    return ExitCode.OK
 
 
 def _query_match(args: argparse.Namespace) -> int:
@@ -294,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=("node", "investigator"))
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.set_defaults(run=_pki_issue)
+    p = pki.add_parser("revoke", help="revoke a member certificate (writes CA_DIR/revoked.toml)")
+    p.add_argument("ca_dir", metavar="CA_DIR")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="the certificate's serial number")
+    which.add_argument("--cert", metavar="PEM", help="the certificate file itself")
+    p.add_argument("--reason", default="", help="e.g. 'key compromise'")
+    p.set_defaults(run=_pki_revoke)
 
     node = commands.add_parser("node", help="run a jurisdiction's node").add_subparsers(
         dest="node_command", required=True, metavar="ACTION"
@@ -320,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
     p.set_defaults(run=_node_serve)
+    add_officer_request_commands(node)
+    p = node.add_parser("shared", help="this node's records an overlap census found shared")
+    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("--case", required=True, metavar="REF")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(run=_node_shared)
 
     query = commands.add_parser("query", help="investigator queries").add_subparsers(
         dest="query_command", required=True, metavar="KIND"
@@ -351,6 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
     p.set_defaults(run=_query_match)
+    from coordinator.aggregate_commands import add_aggregate_parser
+
+    add_aggregate_parser(query)
+
+    p = query.add_parser("overlap", help="which groups of nodes share items (no watchlist)")
+    p.add_argument("--federation", required=True, metavar="FED.toml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--case", required=True, metavar="REF")
+    p.add_argument("--legal-basis", default="", metavar="B")
+    p.add_argument("--nodes", metavar="A,B,C", help="only these nodes of the federation")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
+    p.set_defaults(run=_query_overlap)
 
     p = (
         commands.add_parser("id", help="identifier tools")
@@ -367,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="build the federation here and keep it")
     p.set_defaults(run=_demo)
     _add_officer_commands(commands)
+    add_request_commands(commands)
     return parser
 
 

@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from fedtrace import gcs, group, psi
+from fedtrace import gcs, group
 from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
 from node.config import DatasetConfig
 from node.store import NodeDatabase, data_version, first_row
+from node.table_order import ordered_table
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def current_epoch(
     if progress:
         progress(f"dataset {dataset.name}: blinding {len(items):,} items for a new epoch")
     key = group.random_scalar()
-    table = psi.build_table(items, key)
+    # In a key-derived secret order, so aggregates can map rows back to items (node.table_order).
+    table = ordered_table(items, key)
     filter_ = gcs.build_filter(table, remainder_bits=FILTER_REMAINDER_BITS)
     epoch = Epoch(
         dataset=dataset.name,

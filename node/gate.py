@@ -37,6 +37,7 @@ from node import budget
 from node.audit import AuditError, AuditLog
 from node.config import NodeConfig
 from node.policy import Grant, Level, Policy, QueryKind, RequestFacts, decide, utc_now
+from node.replay import ReplayGuard, ReplayRefused
 from node.store import NodeDatabase
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,14 @@ class Gate:
         policies: PolicySource,
         audit: AuditLog,
         clock: Callable[[], dt.datetime] = utc_now,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self._config = config
         self._database = database
         self._policies = policies
         self._audit = audit
         self._clock = clock
+        self._replay = replay  # nonce + timestamp window (node.replay); None: unchecked
         self._ledger = threading.Lock()  # check-and-charge is serialised inside the process
 
     @property
@@ -307,6 +310,11 @@ class Gate:
         columns: tuple[str, ...],
     ) -> Admission:
         j = self._config.jurisdiction
+        if self._replay is not None:
+            try:
+                self._replay.check(context.nonce, context.timestamp_unix_ms)
+            except ReplayRefused as exc:
+                raise QueryRefused(exc.code, str(exc)) from None
         if self._config.dataset(dataset) is None:
             known = ", ".join(d.name for d in self._config.datasets) or "none"
             raise QueryRefused(

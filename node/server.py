@@ -18,14 +18,22 @@ from grpc_reflection.v1alpha import reflection
 
 from fedtrace.errors import ConfigError, FedtraceError
 from fedtrace.pki import read_key_pem
-from fedtrace.v1 import node_pb2, node_pb2_grpc
+from fedtrace.revocation import RevocationWatch
+from fedtrace.v1 import aggregate_pb2_grpc, node_pb2, node_pb2_grpc, overlap_pb2_grpc
 from node import store
+from node.aggregate_service import SERVICE_NAME as AGGREGATE_SERVICE_NAME
+from node.aggregate_service import AggregateServicer
 from node.audit import AUDIT_DIR, AuditLog
 from node.auth import IdentityInterceptor
+from node.census_service import SERVICE_NAME as CENSUS_SERVICE_NAME
+from node.census_service import CensusServicer
 from node.config import NodeConfig, load_node_config, parse_listen
 from node.epoch import DatasetError, current_epoch, epoch_is_current
 from node.gate import Gate
 from node.policy import load_policy
+from node.replay import replay_guard
+from node.requests_service import SERVICE_NAME as REQUEST_SERVICE_NAME
+from node.requests_service import add_request_service
 from node.service import NodeServicer, NodeState, PolicyHolder, watch_policy
 
 log = logging.getLogger(__name__)
@@ -81,7 +89,7 @@ def load_state(
         certificate_pem=certificate_pem,
         key_pem=key_pem,
         concurrency=threading.BoundedSemaphore(config.limits.max_concurrent_queries),
-        gate=Gate(config, database, policies, audit),
+        gate=Gate(config, database, policies, audit, replay=replay_guard(audit)),
     )
 
 
@@ -92,7 +100,7 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
     limit = config.limits.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_concurrent_queries + 4),
-        interceptors=[IdentityInterceptor()],
+        interceptors=[IdentityInterceptor(RevocationWatch(config.tls.revoked), state.gate.audit)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -100,10 +108,16 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
         maximum_concurrent_rpcs=config.limits.max_concurrent_queries * 4,
     )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
+    overlap_pb2_grpc.add_CensusServiceServicer_to_server(CensusServicer(state), server)
+    aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(AggregateServicer(state), server)
+    add_request_service(state, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CENSUS_SERVICE_NAME, REQUEST_SERVICE_NAME, AGGREGATE_SERVICE_NAME,
+         health.SERVICE_NAME,
+         reflection.SERVICE_NAME),
+        server,
     )
     credentials = grpc.ssl_server_credentials(
         [(state.key_pem, state.certificate_pem)],

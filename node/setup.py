@@ -61,7 +61,9 @@ name = "wallets"
 kind = "wallet"
 key_column = "address"
 aggregate_columns = ["tx_count", "total_in_eur", "total_out_eur"]
-disclosable_columns = ["tx_count", "total_in_eur", "total_out_eur", "first_seen", "last_seen"]
+# linked_subjects: the subject ids subject_wallets links to the address (follow-up requests)
+disclosable_columns = ["tx_count", "total_in_eur", "total_out_eur", "first_seen", "last_seen",
+                       "linked_subjects"]
 sql = {block(WALLETS_SQL)}
 
 [[dataset]]
