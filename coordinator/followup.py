@@ -92,12 +92,14 @@ class GrpcRequestTransport:
         self._requests = requests_pb2_grpc.RequestServiceStub(self._channel)
 
     def info(self, timeout: float) -> node_pb2.NodeInfo:
-        return self._node.GetInfo(node_pb2.GetInfoRequest(), timeout=timeout)
+        reply: node_pb2.NodeInfo = self._node.GetInfo(node_pb2.GetInfoRequest(), timeout=timeout)
+        return reply
 
     def submit(
         self, request: requests_pb2.SubmitFollowUpRequest, timeout: float
     ) -> requests_pb2.FollowUpRecord:
-        return self._requests.Submit(request, timeout=timeout)
+        record: requests_pb2.FollowUpRecord = self._requests.Submit(request, timeout=timeout)
+        return record
 
     def status(
         self, request: requests_pb2.FollowUpStatusRequest, timeout: float

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -322,7 +322,7 @@ def _evaluate(
         context=context,
         dataset=query.dataset,
         epoch_id=epoch_id,
-        disclosure=query.disclosure,
+        disclosure=cast("node_pb2.Disclosure", query.disclosure),
         item_count=len(blinded.blinded),
     )
     sent = b"".join(blinded.blinded)

@@ -184,11 +184,12 @@ class GrpcCensusPeer:
             case_ref=query.case_ref, legal_basis=query.legal_basis,
             nonce=self.nonce, timestamp_unix_ms=self.timestamp_ms,
         )
-        return self._stub.CensusJoin(
+        reply: overlap_pb2.CensusJoinResponse = self._stub.CensusJoin(
             overlap_pb2.CensusJoinRequest(context=context, dataset=query.dataset,
                                           census_id=census_id),
             timeout=self._timeout(),
         )
+        return reply
 
     def open(self, plan: overlap.CensusPlan) -> int:
         self.plan = plan
@@ -306,6 +307,7 @@ class RelayRecorder:
             initial_sha256=self.sha256(node, "coordinator", node),
             hops=tuple(hops),
             notices_sha256=self.sha256("coordinator", node, node) if plan.reveal else "",
+            min_cohort=result.min_cohort or 1, reveal_to_owner=bool(result.reveal_to_owner),
         )
 
 

@@ -52,7 +52,10 @@ class GrpcTransport:
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
 
     def info(self, timeout: float) -> node_pb2.NodeInfo:
-        return self._stub.GetInfo(node_pb2.GetInfoRequest(), timeout=timeout, wait_for_ready=False)
+        reply: node_pb2.NodeInfo = self._stub.GetInfo(
+            node_pb2.GetInfoRequest(), timeout=timeout, wait_for_ready=False
+        )
+        return reply
 
     def filter(
         self, request: node_pb2.GetFilterRequest, timeout: float

@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 
-import rbcl  # type: ignore[import-untyped]  # rbcl ships no type information
+import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
 
 from fedtrace import parallel
 

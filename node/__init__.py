@@ -1,1 +1,1 @@
-"""The jurisdiction's node: datasets in DuckDB, epoch keys, policy enforcement and the gRPC server."""
+"""The jurisdiction's node: DuckDB datasets, epoch keys, policy enforcement, the gRPC server."""

@@ -240,7 +240,7 @@ def follow_up_status(
     return [followup.record_of(row, state.config.jurisdiction, now) for row in rows]
 
 
-class RequestServicer(requests_pb2_grpc.RequestServiceServicer):  # type: ignore[misc]
+class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     """Decode, call the domain function, encode, map refusals to status codes."""
 
     def __init__(self, state: NodeState, clock: Clock = utc_now) -> None:

@@ -1,4 +1,4 @@
-"""The one place a node's gRPC server is built and run: mTLS, limits, health, reflection, SIGTERM."""
+"""The one place a node's gRPC server is built and run: mTLS, limits, health, reflection."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
 
 
 def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float) -> None:
-    """Start a new epoch when a dataset's data changed or its epoch expired; old one serves meanwhile."""
+    """Start a new epoch when a dataset's data changed or its epoch expired; the old one serves."""
     while not stop.wait(every_seconds):
         for dataset in state.config.datasets:
             try:

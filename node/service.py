@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -347,7 +347,7 @@ def compute_match_answer(
     summary = node_pb2.EvaluateSummary(
         dataset=epoch.dataset,
         epoch_id=epoch.epoch_id,
-        disclosure=int(level),
+        disclosure=cast("node_pb2.Disclosure", int(level)),
         shuffled=shuffled,
         item_count=len(answer),
         policy_version=policy.version,
@@ -378,7 +378,7 @@ def _abort(context: grpc.ServicerContext, refusal: QueryRefused) -> None:
     context.abort(refusal.code, str(refusal))
 
 
-class NodeServicer(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     """Decode, call the domain function, encode, map refusals to status codes."""
 
     def __init__(self, state: NodeState) -> None:

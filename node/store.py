@@ -67,7 +67,10 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
 _TYPED: dict[str, tuple[tuple[str, str, str], ...]] = {
     "transactions": (
         ("amount", "DECIMAL(38, 18)", "amount is not a decimal number"),
-        ("amount_eur", "DECIMAL(18, 2)", "amount_eur is not a decimal number with at most 2 decimals"),
+        (
+            "amount_eur", "DECIMAL(18, 2)",
+            "amount_eur is not a decimal number with at most 2 decimals",
+        ),
         ("timestamp", "TIMESTAMPTZ", "timestamp is not an ISO 8601 date-time"),
     ),
     "subjects": (("date_of_birth", "DATE", "date_of_birth is not a date"),),
@@ -351,10 +354,12 @@ def _first_bad_utf8_line(file: Path) -> int:
 def _read_parquet(file: Path) -> tuple[list[str], Iterator[tuple[int, list[str | None]]]]:
     try:
         relation = duckdb.sql(f"SELECT * FROM read_parquet('{_sql_string(str(file))}')")
+        assert relation is not None  # a SELECT always yields a relation
         header = list(relation.columns)
         table = relation.to_arrow_table()
     except duckdb.Error as exc:
-        raise IngestError(f"{file}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        first_line = str(exc).splitlines()[0]
+        raise IngestError(f"{file}: not a readable Parquet file: {first_line}") from None
     columns = [
         [None if v is None else str(v) for v in table.column(i).to_pylist()]
         for i in range(len(header))

@@ -1,1 +1,1 @@
-"""Generated protobuf and gRPC stubs for the fedtrace.v1 wire contract (do not edit; see scripts/gen_protos)."""
+"""Generated stubs of the fedtrace.v1 wire contract: do not edit; run scripts/gen_protos."""
