@@ -24,6 +24,7 @@ import grpc
 
 from coordinator.federation import Federation, NodeEntry
 from coordinator.match import NodeFailure, _rpc_failure
+from coordinator.transport import node_channel, read_federation_file
 from coordinator.verify import ReportVerification, _check_investigator
 from fedtrace.errors import FedtraceError
 from fedtrace.followup import (
@@ -40,14 +41,12 @@ from fedtrace.pki import (
     InvalidCertificate,
     PkiError,
     read_key_pem,
-    server_name,
     verify_issued_by,
     verify_signature,
 )
 from fedtrace.transcript import SIGNATURE_ALGORITHM
 from fedtrace.v1 import node_pb2, node_pb2_grpc, requests_pb2, requests_pb2_grpc
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 KINDS = {
     "disclose": requests_pb2.FOLLOW_UP_KIND_DISCLOSE,
     "preserve": requests_pb2.FOLLOW_UP_KIND_PRESERVE,
@@ -76,18 +75,7 @@ class GrpcRequestTransport:
     """Mutual TLS to the node FED.toml names at this address: NodeService and RequestService."""
 
     def __init__(self, entry: NodeEntry, root: bytes, key: bytes, cert: bytes) -> None:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=root, private_key=key, certificate_chain=cert
-        )
-        self._channel = grpc.secure_channel(
-            entry.address,
-            credentials,
-            options=[
-                ("grpc.ssl_target_name_override", server_name(entry.name, ROLE_NODE)),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = node_channel(entry, root, key, cert)
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
         self._requests = requests_pb2_grpc.RequestServiceStub(self._channel)
 
@@ -111,8 +99,8 @@ class GrpcRequestTransport:
 
 
 def grpc_transports(federation: Federation) -> Callable[[NodeEntry], RequestTransport]:
-    root = federation.ca.read_bytes()
-    cert = federation.cert.read_bytes()
+    root = read_federation_file(federation.ca, "federation CA certificate")
+    cert = read_federation_file(federation.cert, "investigator certificate")
     key = read_key_pem(federation.key)
     return lambda entry: GrpcRequestTransport(entry, root, key, cert)
 

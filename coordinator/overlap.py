@@ -32,15 +32,14 @@ import grpc
 
 from coordinator.federation import Federation, NodeEntry
 from coordinator.match import Progress, _rpc_failure
-from coordinator.transport import MAX_MESSAGE_BYTES
+from coordinator.transport import node_channel, read_federation_file
 from fedtrace import group, overlap
 from fedtrace.census_transcript import CensusHop, CensusTranscript
-from fedtrace.errors import ConfigError, FedtraceError
+from fedtrace.errors import FedtraceError
 from fedtrace.pki import (
     ROLE_NODE,
     InvalidCertificate,
     read_key_pem,
-    server_name,
     verify_issued_by,
     verify_signature,
 )
@@ -96,34 +95,13 @@ class CensusChannels:
     """mTLS channels to nodes from the investigator's TLS material (FED.toml)."""
 
     def __init__(self, federation: Federation) -> None:
-        self.root = _read(federation.ca, "federation CA certificate")
-        self.cert = _read(federation.cert, "investigator certificate")
+        self.root = read_federation_file(federation.ca, "federation CA certificate")
+        self.cert = read_federation_file(federation.cert, "investigator certificate")
         self.key = read_key_pem(federation.key)
 
     def __call__(self, entry: NodeEntry) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.root, private_key=self.key, certificate_chain=self.cert
-        )
-        return grpc.secure_channel(
-            entry.address,
-            credentials,
-            options=[
-                ("grpc.ssl_target_name_override", server_name(entry.name, ROLE_NODE)),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        return node_channel(entry, self.root, self.key, self.cert)
 
-
-def _read(path: object, what: str) -> bytes:
-    from pathlib import Path
-
-    assert isinstance(path, Path)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} named in FED.toml: {exc.strerror}") \
-            from None
 
 
 @dataclass

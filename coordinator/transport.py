@@ -7,6 +7,7 @@ integration tests talk to real node processes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -33,22 +34,37 @@ class NodeTransport(Protocol):
     def close(self) -> None: ...
 
 
+def node_channel(entry: NodeEntry, root: bytes, key: bytes, cert: bytes) -> grpc.Channel:
+    """Mutual TLS to `entry.address` that accepts only the certificate of node `entry.name`."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )
+    return grpc.secure_channel(
+        entry.address,
+        credentials,
+        options=[
+            ("grpc.ssl_target_name_override", server_name(entry.name, ROLE_NODE)),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
+def read_federation_file(path: Path, what: str) -> bytes:
+    """A certificate named in FED.toml, or one clear line saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the {what} named in FED.toml: {exc.strerror}"
+        ) from None
+
+
 class GrpcTransport:
     """A mutual-TLS channel that accepts only the certificate of the node named in FED.toml."""
 
     def __init__(self, entry: NodeEntry, root: bytes, key: bytes, cert: bytes) -> None:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=root, private_key=key, certificate_chain=cert
-        )
-        self._channel = grpc.secure_channel(
-            entry.address,
-            credentials,
-            options=[
-                ("grpc.ssl_target_name_override", server_name(entry.name, ROLE_NODE)),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = node_channel(entry, root, key, cert)
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
 
     def info(self, timeout: float) -> node_pb2.NodeInfo:
@@ -75,8 +91,8 @@ class GrpcTransports:
     """Makes a GrpcTransport per roster entry from the investigator's TLS material."""
 
     def __init__(self, federation: Federation) -> None:
-        self._root = _read(federation.ca, "federation CA certificate")
-        self._cert = _read(federation.cert, "investigator certificate")
+        self._root = read_federation_file(federation.ca, "federation CA certificate")
+        self._cert = read_federation_file(federation.cert, "investigator certificate")
         self._key = read_key_pem(federation.key)
 
     def __call__(self, entry: NodeEntry) -> NodeTransport:
@@ -86,14 +102,3 @@ class GrpcTransports:
     def ca_pem(self) -> bytes:
         return self._root
 
-
-def _read(path: object, what: str) -> bytes:
-    from pathlib import Path
-
-    assert isinstance(path, Path)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read the {what} named in FED.toml: {exc.strerror}"
-        ) from None
