@@ -80,7 +80,7 @@ class GrpcAggregateTransport(GrpcTransport):
              ) -> Iterator[aggregate_pb2.PositionTagsChunk]:
         return iter(self._aggregate.GetPositionTags(request, timeout=timeout))
 
-    def evaluate(self, requests: Iterator[Any], timeout: float) -> Iterator[Any]:  # type: ignore[override]
+    def evaluate(self, requests: Iterator[Any], timeout: float) -> Iterator[Any]:
         return iter(self._aggregate.Evaluate(requests, timeout=timeout))
 
     def aggregate(self, requests: Iterator[aggregate_pb2.AggregateRequest], timeout: float

@@ -11,6 +11,10 @@ One run measures, on the same machine and the same generated sets:
 - fedtrace's filter bytes per item at the same false-positive rate;
 - a real federation (``fedtrace.bench_federation``): cold and warm membership
   query latency and peak memory of the nodes and of the coordinator;
+- an encrypted aggregate query (``fedtrace.aggregate.measure_query``): end to
+  end seconds, node CPU and bytes per node record, 10,000-item watchlist;
+- the overlap census with real node processes (``python -m
+  fedtrace.bench_census``, a subprocess): census seconds and peak memory;
 - the gRPC message-size limits, checked against every batch size.
 
 Every figure names its method; every ratio uses figures from the same run.
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,13 +63,15 @@ class Target:
     name: str
     measured: float
     limit: float
-    comparison: str  # ">=" or "<="
+    comparison: str  # ">=", "<=" or "<"
     unit: str
 
     @property
     def met(self) -> bool:
         if self.comparison == ">=":
             return self.measured >= self.limit
+        if self.comparison == "<":
+            return self.measured < self.limit
         return self.measured <= self.limit
 
 
@@ -239,8 +246,8 @@ def measure_others(bench: Bench, quick: bool, node_rate: float) -> None:
                          "rows/s", "identifiers.bench.measure_rate: canonical_address(a, chain)")
         bench.add("identifiers", "canonicalisation vs node blinding", rate / node_rate, "ratio",
                   "canonicalisation rows/s / node build_table items/s")
+    measure_aggregates(bench, [100_000] if quick else [100_000, 1_000_000])
     calls: dict[str, tuple[int, ...]] = {
-        "fedtrace.aggregate": (100_000,),  # measure(n_records)
         "fedtrace.overlap": (3, 10_000 if quick else 20_000),  # measure(n_nodes, n_items)
     }
     for module_name, arguments in calls.items():
@@ -262,6 +269,82 @@ def measure_others(bench: Bench, quick: bool, node_rate: float) -> None:
                           f"{module_name}.measure{arguments}")
 
 
+AGGREGATE_FIGURES = {  # measure_query key -> (row name, unit)
+    "end_to_end_s": ("end to end, 10,000-item watchlist", "s"),
+    "node_cpu_s": ("node CPU (evaluate + HE answer)", "s"),
+    "node_aggregate_s": ("node HE answer, 4 figures", "s"),
+    "bytes_per_record_per_query": ("bytes per node record per query", "B/rec"),
+    "indicator_bytes_per_record": ("  of which indicator ciphertexts", "B/rec"),
+    "answer_bytes_per_record": ("  of which answers (4 x 2-prime BFV)", "B/rec"),
+    "tag_bytes_per_record": ("position tags (once per epoch)", "B/rec"),
+    "public_context_bytes": ("public HE context (cacheable by SHA-256)", "B"),
+}
+
+
+def measure_aggregates(bench: Bench, sizes: list[int]) -> None:
+    """``fedtrace.aggregate.measure_query``: one whole aggregate query per size, no network."""
+    try:
+        from fedtrace.aggregate import measure_query
+    except ImportError:
+        bench.notes.append("fedtrace.aggregate.measure_query: not available")
+        return
+    for size in sizes:
+        bench.say(f"aggregate: 10,000-item watchlist x {size:,} wallets, 3 columns + count")
+        try:
+            figures = measure_query(size)
+        except Exception as exc:  # noqa: BLE001 - another team's code must not sink the bench
+            bench.notes.append(f"fedtrace.aggregate.measure_query({size}) failed: {exc}")
+            continue
+        method = (f"aggregate.measure_query({size}): both PSI rounds + BFV round in one "
+                  "process, no network; sum of sequential steps; checked exact")
+        for key, (name, unit) in AGGREGATE_FIGURES.items():
+            bench.add(f"aggregate {size:,}", name, figures[key], unit, method)
+        if size == 100_000:
+            bench.target("aggregate 10k x 100k end to end", figures["end_to_end_s"], "<=", 10.0,
+                         "s")
+        bench.target(f"aggregate bytes/record/query, {size // 1000:,}k",
+                     figures["bytes_per_record_per_query"], "<=", 60.0, "B")
+
+
+def measure_census(bench: Bench, workdir: Path, sizes: list[int]) -> None:
+    """The overlap census with real node processes, via ``python -m fedtrace.bench_census``."""
+    rss: dict[int, tuple[float, float]] = {}  # size -> (largest node, coordinator) MiB
+    for size in sizes:
+        bench.say(f"census: 3 nodes x {size:,} wallets, real processes")
+        directory = workdir / f"census-{size}"
+        directory.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "fedtrace.bench_census", "--nodes", "3", "--wallets",
+             str(size), "--dir", str(directory)], capture_output=True, text=True)
+        if done.returncode != 0:
+            bench.notes.append(f"bench_census --wallets {size} failed: "
+                               f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        result = json.loads(done.stdout)
+        if set(result["statuses"].values()) != {"ok"}:
+            bench.notes.append(f"bench_census --wallets {size}: statuses {result['statuses']}")
+        section = f"census {size:,}"
+        method = (f"python -m fedtrace.bench_census --nodes 3 --wallets {size}: "
+                  "`fedtrace query overlap` CLI wall time against 3 `node serve` processes")
+        seconds = bench.add(section, "census", result["census_seconds"], "s", method)
+        bench.add(section, "setup (ingest + node start, new epochs)", result["setup_seconds"],
+                  "s", "bench_census: CA, node init, ingest, nodes started one after another")
+        coordinator = bench.add(section, "coordinator peak RSS",
+                                result["coordinator_peak_rss_mib"], "MiB",
+                                "VmHWM of the `query overlap` process, polled every 10 ms")
+        node = bench.add(section, "node peak RSS (largest)",
+                         max(result["node_peak_rss_mib"].values()), "MiB",
+                         "VmHWM of each node process after the census (no pool workers)")
+        rss[size] = (node, coordinator)
+        if size == 100_000:
+            bench.target("census 3 x 100k", seconds, "<", 60.0, "s")
+    if len(rss) == 2 and min(rss[100_000]) > 0:
+        for index, who in enumerate(("node", "coordinator")):
+            bench.add("ratios", f"census {who} RSS growth 100k -> 1M",
+                      rss[1_000_000][index] / rss[100_000][index], "x",
+                      f"census {who} peak RSS at 1M / at 100k (linear would be 10x)")
+
+
 def run(quick: bool, workdir: Path, cold_runs: int, warm_runs: int,
         say: Callable[[str], None]) -> Bench:
     bench = Bench(say)
@@ -278,6 +361,7 @@ def run(quick: bool, workdir: Path, cold_runs: int, warm_runs: int,
     messages_ok = check_message_sizes(bench)
     measure_others(bench, quick, node_rate)
     group.shutdown_pool()  # the nodes and the CLI get the cores to themselves
+    measure_census(bench, workdir, sizes)
 
     from fedtrace.bench_federation import measure_federation
 

@@ -9,7 +9,9 @@ Parameters are fixed (``PARAMETER_SET``): N = 16384 slots, plaintext modulus t a
 55-bit batching prime (sums are exact in (-t/2, t/2), about ±1.8·10^16), data
 modulus 4 × 50 bits plus a 60-bit special prime, 128-bit security per the HE
 standard. Indicators are encrypted symmetrically and serialised *seeded* (the
-uniform half is a PRNG seed), so they cost ~25 bytes per slot.
+uniform half is a PRNG seed), so they cost ~29 bytes per slot. Answers are
+switched down to ``ANSWER_PRIMES`` primes after smudging and masking (~471 KB
+each). SEAL compresses every serialised object with zstd.
 
 TenSEAL's SEAL bindings (``tenseal.sealapi``) serialise only to files; the
 wrapper round-trips through a private scratch directory. Nothing secret is
@@ -27,14 +29,16 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import tenseal.sealapi as seal  # type: ignore[import-untyped]  # no type information
+import tenseal.sealapi as seal
 
 POLY_MODULUS_DEGREE = 16384
 SLOT_COUNT = POLY_MODULUS_DEGREE
 PLAIN_MODULUS_BITS = 55
 COEFF_MODULUS_BITS = (50, 50, 50, 50, 60)
-#: Levels (primes) an answer ciphertext keeps after modulus switching.
-ANSWER_PRIMES = 3
+#: Levels (primes) an answer ciphertext keeps after modulus switching: the lowest level
+#: whose modulus (2 × 50 bits) still exceeds t. Switching scales the smudged noise down with
+#: the modulus, so the budget stays ~30 bits; the rounding adds t·(1+‖s‖₁)/(2q') ≈ 2^-32.6.
+ANSWER_PRIMES = 2
 PARAMETER_SET = "bfv-16384-t55-q200-v1"
 #: Flooding plaintext coefficients are drawn below 2**FLOOD_BITS (see ``_flood``).
 FLOOD_BITS = 40
@@ -313,6 +317,10 @@ class SecretHeContext:
     def decrypt_sum(self, blob: bytes) -> int:
         """The sum of all slots mod t, in the signed range."""
         return signed(sum(self.decrypt_slots(blob)))
+
+    def primes(self, blob: bytes) -> int:
+        """How many coefficient-modulus primes a ciphertext carries (its level; for tests)."""
+        return int(_load(seal.Ciphertext, self._context, blob).coeff_modulus_size())
 
     def noise_budget(self, blob: bytes) -> int:
         """Bits of noise budget left in an answer (for tests and parameter checks)."""

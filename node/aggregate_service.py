@@ -63,7 +63,7 @@ class RoundOne:
     response: bytes
 
 
-class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):  # type: ignore[misc]
+class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
     """The node's AggregateService; holds tables, pending queries and cached HE contexts."""
 
     def __init__(self, state: NodeState) -> None:
@@ -158,7 +158,7 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):  # type: i
             plans = plan_figures(grant, table, list(header.columns), admission.cost.epsilon)
         except AggregateUnavailable as exc:
             raise _refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
-        request = read_match_points(header, requests)  # type: ignore[arg-type]
+        request = read_match_points(header, requests)
         try:
             answer = psi.shuffled(psi.evaluate(request.points, epoch.secret_key))
         except group.InvalidPoint as exc:

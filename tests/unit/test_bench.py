@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,51 @@ def test_json_output_is_one_object(
     report = json.loads(capsys.readouterr().out)
     assert report["targets"][0]["met"] is True
     assert report["figures"][0]["method"] == "fake"
+
+
+def test_aggregate_rows_and_targets(monkeypatch: pytest.MonkeyPatch,
+                                    quiet_bench: bench.Bench) -> None:
+    from fedtrace import aggregate
+
+    calls: list[int] = []
+
+    def fake_query(n_records: int) -> dict[str, float]:
+        calls.append(n_records)
+        figures = dict.fromkeys(bench.AGGREGATE_FIGURES, 1.0)
+        figures.update(end_to_end_s=4.0, bytes_per_record_per_query=58.2 if n_records < 10**6
+                       else 31.7)
+        return figures
+
+    monkeypatch.setattr(aggregate, "measure_query", fake_query)
+    bench.measure_aggregates(quiet_bench, [100_000, 1_000_000])
+    assert calls == [100_000, 1_000_000]
+    targets = {t.name: t for t in quiet_bench.targets}
+    assert targets["aggregate 10k x 100k end to end"].met
+    assert targets["aggregate bytes/record/query, 100k"].measured == 58.2
+    assert targets["aggregate bytes/record/query, 1,000k"].met
+    assert {f.section for f in quiet_bench.figures} == {"aggregate 100,000", "aggregate 1,000,000"}
+
+
+def test_census_runs_the_subprocess_and_reports_growth(
+    monkeypatch: pytest.MonkeyPatch, quiet_bench: bench.Bench, tmp_path: Path
+) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> object:
+        seen.append(argv)
+        wallets = int(argv[argv.index("--wallets") + 1])
+        result = {"census_seconds": 30.0, "setup_seconds": 20.0,
+                  "coordinator_peak_rss_mib": wallets / 1000,
+                  "node_peak_rss_mib": {"EE": wallets / 2000, "FR": 1.0},
+                  "statuses": {"EE": "ok", "FR": "ok"}}
+        return subprocess.CompletedProcess(argv, 0, json.dumps(result), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    bench.measure_census(quiet_bench, tmp_path, [100_000, 1_000_000])
+    assert [a[a.index("-m") + 1] for a in seen] == ["fedtrace.bench_census"] * 2
+    assert all(a[a.index("--nodes") + 1] == "3" and "--dir" in a for a in seen)
+    growth = {f.name: f.value for f in quiet_bench.figures if f.section == "ratios"}
+    assert growth == {"census node RSS growth 100k -> 1M": 10.0,
+                      "census coordinator RSS growth 100k -> 1M": 10.0}
+    assert [t.name for t in quiet_bench.targets] == ["census 3 x 100k"]
+    assert quiet_bench.targets[0].met and not quiet_bench.notes

@@ -47,3 +47,51 @@ def test_rejects_malformed_context() -> None:
         he.PublicHeContext.from_bytes(b"nonsense")
     with pytest.raises(he.HeError):
         he.PublicHeContext.from_bytes(b"\x00" * (he.MAX_PUBLIC_CONTEXT_BYTES + 1))
+
+
+def test_answer_switched_to_lowest_level_and_smaller(secret: he.SecretHeContext) -> None:
+    """Answers leave at 2 primes (the last level SEAL keeps above t) and shrank by a third."""
+    public = he.PublicHeContext.from_bytes(secret.public_bytes())
+    batch = public.load_indicators(secret.encrypt_indicator([1, 0, 1]))
+    answer = public.masked_dot(batch, [3, 4, 5], [0] * he.SLOT_COUNT)
+    assert he.ANSWER_PRIMES == 2 and secret.primes(answer) == 2
+    # A 3-prime answer serialised to ~707 KB; a 2-prime one is at most its raw size.
+    assert len(answer) <= 2 * he.SLOT_COUNT * 2 * 8 + 256 < 600_000
+    assert secret.decrypt_sum(answer) == 8
+    assert secret.noise_budget(answer) >= 25
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_exact_at_the_bound_after_switching(secret: he.SecretHeContext, sign: int) -> None:
+    """±10^15 cents (and the node's largest exact range) decrypt exactly at the answer level."""
+    public = he.PublicHeContext.from_bytes(secret.public_bytes())
+    rows = 3 * he.SLOT_COUNT + 7
+    bits = [1] * rows
+    column = [sign * (10**15 // rows)] * rows
+    column[-1] += sign * (10**15 - sum(abs(v) for v in column))
+    mask = [random.randrange(he.PLAIN_MODULUS) for _ in range(he.SLOT_COUNT)]
+    offset = sign * (he.PLAIN_MODULUS // 4) - sum(column)  # top of node.aggregate.EXACT_LIMIT
+    mask[0] = (mask[0] + offset - sum(mask)) % he.PLAIN_MODULUS
+    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column,
+                               mask)
+    assert sum(column) == sign * 10**15
+    assert secret.primes(answer) == he.ANSWER_PRIMES
+    assert secret.decrypt_sum(answer) == sign * (he.PLAIN_MODULUS // 4)
+    assert secret.noise_budget(answer) >= 25
+
+
+def test_exact_on_random_data_after_switching(secret: he.SecretHeContext) -> None:
+    """Random indicators, columns up to 10^12 cents each and random masks: every slot exact."""
+    public = he.PublicHeContext.from_bytes(secret.public_bytes())
+    rng = random.Random(20260105)
+    rows = 2 * he.SLOT_COUNT + 999
+    bits = [rng.randrange(2) for _ in range(rows)]
+    column = [rng.randrange(-10**12, 10**12) for _ in range(rows)]
+    mask = [rng.randrange(he.PLAIN_MODULUS) for _ in range(he.SLOT_COUNT)]
+    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column,
+                               mask)
+    expected = [mask[slot] for slot in range(he.SLOT_COUNT)]
+    for row, (bit, value) in enumerate(zip(bits, column, strict=True)):
+        expected[row % he.SLOT_COUNT] += bit * value
+    assert secret.decrypt_slots(answer) == [v % he.PLAIN_MODULUS for v in expected]
+    assert secret.noise_budget(answer) >= 25
