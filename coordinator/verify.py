@@ -15,6 +15,9 @@ coordinator therefore signs the whole report with the investigator's key
 (`investigator_signature`); that proves the report is what the investigator's
 coordinator wrote, unchanged since, but it is the investigator's own statement,
 not the node's. See docs/audit.md.
+
+Aggregate and overlap reports carry their own transcripts (AggregateTranscript,
+CensusTranscript); coordinator/verify_kinds.py checks those results.
 """
 
 from __future__ import annotations
@@ -268,11 +271,17 @@ def verify_report(
     if not results:
         outcome.fail("the report holds no results")
         return outcome
-    investigators = set()
-    for result in results:
-        investigator = _check_result(result, report, ca_pem, outcome)
-        if investigator:
-            investigators.add(investigator)
+    investigators: set[str] = set()
+    if report.get("query") in ("aggregate", "overlap"):  # see coordinator/verify_kinds.py
+        from coordinator.verify_kinds import verify_aggregate_results, verify_overlap_results
+
+        check = {"aggregate": verify_aggregate_results, "overlap": verify_overlap_results}
+        investigators = check[report["query"]](report, results, ca_pem, outcome)
+    else:
+        for result in results:
+            investigator = _check_result(result, report, ca_pem, outcome)
+            if investigator:
+                investigators.add(investigator)
     if len(investigators) > 1:
         outcome.fail(f"the transcripts name several investigators: {', '.join(investigators)}")
     _check_investigator(report, ca_pem, investigators, outcome, require_investigator_signature)

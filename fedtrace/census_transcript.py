@@ -46,6 +46,8 @@ class CensusTranscript:
     initial_sha256: str  # SHA-256 of the node's initial batches, concatenated
     hops: tuple[CensusHop, ...] = field(default_factory=tuple)  # sorted by hop
     notices_sha256: str = ""  # reveal only: SHA-256 of the notices the node received
+    min_cohort: int = 1  # the node's grant: counts below it are shown as "< k"
+    reveal_to_owner: bool = False  # the node's grant: whether it asked to learn its shared items
 
     def canonical_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()

@@ -146,6 +146,8 @@ class NodeCensus:
             hops=tuple(CensusHop(h.origin, h.hop, h.points, h.received.hexdigest(),
                                  h.sent.hexdigest()) for h in hops),
             notices_sha256=self.notices_sha256,
+            min_cohort=max(1, self.min_cohort),
+            reveal_to_owner=self.reveal_to_owner,
         )
 
     def drop(self) -> None:

@@ -100,7 +100,8 @@ def test_census_through_the_node_functions_counts_exactly_and_transcripts_agree(
     assert tally.groups() == expected
     query = OverlapQuery("wallets", "CASE-1", "MLA", "FR")
     for code in roster:
-        result = CensusNodeResult(code, "ok", set_size=sizes[code], policy_version=f"{code}-1")
+        result = CensusNodeResult(code, "ok", set_size=sizes[code], policy_version=f"{code}-1",
+                                  reveal_to_owner=reveal, min_cohort=1)
         mine = peers[code].census.transcript(code)
         theirs = recorder.transcript(plan, code, query, result, sizes, "00" * 16, 1)
         assert mine == theirs
