@@ -48,16 +48,14 @@ def query_aggregate(args: argparse.Namespace) -> int:
     )
     from coordinator.aggregate_report import render_aggregate
     from coordinator.commands import (
-        MAX_PROBLEMS_SHOWN,
-        WatchlistError,
+        checked_watchlist,
+        investigator_jurisdiction,
         progress_display,
         signed_report_text,
     )
     from coordinator.federation import load_federation
-    from coordinator.match import ensure_investigator_certificate
     from coordinator.report import WatchlistSummary
     from fedtrace.aggregate import COUNT_COLUMN
-    from fedtrace.identifiers import InvalidIdentifier, load_watchlist
 
     columns = tuple(args.sum)
     if len(set(columns)) != len(columns):
@@ -69,24 +67,9 @@ def query_aggregate(args: argparse.Namespace) -> int:
     federation = load_federation(Path(args.federation))
     nodes = federation.select(tuple(args.nodes.split(",")) if args.nodes else None)
     watchlist_path = Path(args.watchlist)
-    try:
-        watchlist = load_watchlist(watchlist_path, "wallet", args.column)
-    except (InvalidIdentifier, ValueError, OSError) as exc:
-        raise WatchlistError(f"{watchlist_path}: {getattr(exc, 'reason', exc)}") from None
-    if watchlist.problems:
-        for problem in watchlist.problems[:MAX_PROBLEMS_SHOWN]:
-            print(f"{watchlist_path}:{problem.line}: {problem.reason}", file=sys.stderr)
-        if not args.skip_invalid:
-            raise WatchlistError(
-                f"{watchlist_path}: {len(watchlist.problems)} invalid line(s); fix them or pass "
-                "--skip-invalid to query the valid ones"
-            )
-    if not watchlist.items:
-        raise WatchlistError(f"{watchlist_path}: no valid identifiers to query")
+    watchlist = checked_watchlist(watchlist_path, "wallet", args.column, args.skip_invalid)
     transports = GrpcAggregateTransports(federation)
-    investigator = ensure_investigator_certificate(
-        federation.cert.read_bytes(), transports.ca_pem, federation.cert
-    )
+    investigator = investigator_jurisdiction(federation, transports.ca_pem)
     query = AggregateQuery(
         dataset=args.dataset, case_ref=args.case, legal_basis=args.legal_basis,
         items=watchlist.items, investigator=investigator, columns=columns,

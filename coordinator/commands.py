@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.status import Status
 
-from coordinator.federation import load_federation
+from coordinator.federation import Federation, load_federation
 from coordinator.match import (
     FilterCache,
     MatchQuery,
@@ -21,10 +21,10 @@ from coordinator.match import (
     run_match,
 )
 from coordinator.report import WatchlistSummary, render
-from coordinator.transport import GrpcTransports
+from coordinator.transport import GrpcTransports, read_federation_file
 from coordinator.verify import sign_report
 from fedtrace.errors import ExitCode, FedtraceError
-from fedtrace.identifiers import InvalidIdentifier, load_watchlist
+from fedtrace.identifiers import InvalidIdentifier, Watchlist, load_watchlist
 from fedtrace.pki import read_key_pem
 from fedtrace.revocation import load_revocations
 
@@ -58,31 +58,41 @@ def signed_report_text(text: str, key: Path, cert: Path) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
+def checked_watchlist(path: Path, kind: str, column: str | None, skip_invalid: bool) -> Watchlist:
+    """Canonical watchlist items; invalid lines are listed and stop the query unless skipped."""
+    try:
+        watchlist = load_watchlist(path, kind, column)
+    except (InvalidIdentifier, ValueError, OSError) as exc:
+        raise WatchlistError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+    if watchlist.problems:
+        for problem in watchlist.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"{path}:{problem.line}: {problem.reason}", file=sys.stderr)
+        if len(watchlist.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"… and {len(watchlist.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+        if not skip_invalid:
+            raise WatchlistError(
+                f"{path}: {len(watchlist.problems)} invalid line(s); fix them or pass "
+                "--skip-invalid to query the valid ones"
+            )
+    if not watchlist.items:
+        raise WatchlistError(f"{path}: no valid identifiers to query")
+    return watchlist
+
+
+def investigator_jurisdiction(federation: Federation, ca_pem: bytes) -> str:
+    """Our own jurisdiction, after checking our certificate against the federation CA."""
+    cert = read_federation_file(federation.cert, "investigator certificate")
+    return ensure_investigator_certificate(cert, ca_pem, federation.cert)
+
+
 def query_match(args: argparse.Namespace) -> int:
     federation = load_federation(Path(args.federation))
     nodes = federation.select(tuple(args.nodes.split(",")) if args.nodes else None)
     kind = args.kind or ("person" if args.dataset == "subjects" else "wallet")
     watchlist_path = Path(args.watchlist)
-    try:
-        watchlist = load_watchlist(watchlist_path, kind, args.column)
-    except (InvalidIdentifier, ValueError, OSError) as exc:
-        raise WatchlistError(f"{watchlist_path}: {getattr(exc, 'reason', exc)}") from None
-    if watchlist.problems:
-        for problem in watchlist.problems[:MAX_PROBLEMS_SHOWN]:
-            print(f"{watchlist_path}:{problem.line}: {problem.reason}", file=sys.stderr)
-        if len(watchlist.problems) > MAX_PROBLEMS_SHOWN:
-            print(f"… and {len(watchlist.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
-        if not args.skip_invalid:
-            raise WatchlistError(
-                f"{watchlist_path}: {len(watchlist.problems)} invalid line(s); fix them or pass "
-                "--skip-invalid to query the valid ones"
-            )
-    if not watchlist.items:
-        raise WatchlistError(f"{watchlist_path}: no valid identifiers to query")
+    watchlist = checked_watchlist(watchlist_path, kind, args.column, args.skip_invalid)
     transports = GrpcTransports(federation)
-    investigator = ensure_investigator_certificate(
-        federation.cert.read_bytes(), transports.ca_pem, federation.cert
-    )
+    investigator = investigator_jurisdiction(federation, transports.ca_pem)
     dataset_kind = "person" if kind == "person" else "wallet"
     query = MatchQuery(
         dataset=args.dataset,
