@@ -132,6 +132,12 @@ def write_federation_file(root: Path, addresses: dict[str, str]) -> Path:
     return path
 
 
+def _investigator(*args: str) -> int:
+    """Run one investigator command as a user would, printing its report."""
+    done = subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], text=True, check=False)
+    return done.returncode
+
+
 def run_demo(keep: Path | None = None) -> int:
     started = time.monotonic()
     root = keep or Path(tempfile.mkdtemp(prefix="fedtrace-demo-"))
@@ -139,31 +145,24 @@ def run_demo(keep: Path | None = None) -> int:
         node_dirs, watchlist = build_federation(root)
         _say("starting three nodes (each blinds its wallets for a new epoch)")
         with serving(node_dirs) as addresses:
-            federation = write_federation_file(root, addresses)
-            _say(f"investigator {INVESTIGATOR}: matching a 200-address watchlist, case DEMO-1\n")
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedtrace.cli",
-                    "query",
-                    "match",
-                    "--federation",
-                    str(federation),
-                    "--watchlist",
-                    str(watchlist),
-                    "--dataset",
-                    "wallets",
-                    "--case",
-                    "DEMO-1",
-                    "--legal-basis",
-                    "MLA",
-                ],
-                text=True,
-                check=False,
-            )
+            fed = str(write_federation_file(root, addresses))
+            common = ("--federation", fed, "--dataset", "wallets", "--legal-basis", "MLA")
+            _say(f"investigator {INVESTIGATOR}: which of 200 watchlisted wallets each node holds\n")
+            codes = [_investigator("query", "match", *common, "--watchlist", str(watchlist),
+                                   "--case", "DEMO-1")]
+            _say(f"\ninvestigator {INVESTIGATOR}: how much moved through the matched wallets, "
+                 "as one noisy federation-wide total\n")
+            codes.append(_investigator(
+                "query", "aggregate", *common, "--watchlist", str(watchlist), "--case", "DEMO-2",
+                "--sum", "total_in_eur", "--sum", "tx_count", "--total-only"))
+            _say(f"\ninvestigator {INVESTIGATOR}: which jurisdictions share wallets, "
+                 "with no watchlist\n")
+            codes.append(_investigator("query", "overlap", *common, "--case", "DEMO-3"))
+            _say("\nEE's operator: EE's own wallets the census found shared\n")
+            codes.append(_investigator("node", "shared", str(node_dirs["EE"]), "--case", "DEMO-3"))
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; nodes stopped")
-        return ExitCode.OK if done.returncode in (0, 3) else done.returncode
+        failed = [code for code in codes if code not in (0, 3)]
+        return failed[0] if failed else ExitCode.OK
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
