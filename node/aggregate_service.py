@@ -45,7 +45,14 @@ from node.audit import AuditError
 from node.auth import peer_identity
 from node.gate import Admission, Outcome, QueryContextInfo, QueryRefused
 from node.policy import Level, QueryKind
-from node.service import POINTS_PER_BATCH, NodeState, _abort, _epoch, read_match_points
+from node.service import (
+    POINTS_PER_BATCH,
+    NodeState,
+    _abort,
+    _epoch,
+    read_match_points,
+    take_query_slot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +203,8 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
         identity = peer_identity(context)
         assert identity is not None  # IdentityInterceptor guarantees it
         state, gate = self._state, self._state.gate
-        if not state.concurrency.acquire(blocking=False):
-            busy = _refused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{state.config.jurisdiction} is answering its maximum of "
-                f"{state.config.limits.max_concurrent_queries} queries; retry shortly",
-            )
-            gate.refuse(identity, QueryKind.AGGREGATE, busy)
+        busy = take_query_slot(state, identity, QueryKind.AGGREGATE)
+        if busy is not None:
             _abort(context, busy)
             return
         admission: Admission | None = None
@@ -371,9 +373,9 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
         identity = peer_identity(context)
         assert identity is not None
         state = self._state
-        if not state.concurrency.acquire(blocking=False):
-            _abort(context, _refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     f"{state.config.jurisdiction} is busy; retry shortly"))
+        busy = take_query_slot(state, identity, QueryKind.AGGREGATE)
+        if busy is not None:
+            _abort(context, busy)
             return
         pending: PendingAggregate | None = None
         try:

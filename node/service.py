@@ -378,6 +378,22 @@ def _abort(context: grpc.ServicerContext, refusal: QueryRefused) -> None:
     context.abort(refusal.code, str(refusal))
 
 
+def take_query_slot(state: NodeState, identity: Identity, kind: QueryKind) -> QueryRefused | None:
+    """Take one of the node's bounded query slots; when all are busy, the audited refusal.
+
+    The caller releases the slot (`state.concurrency.release()`) when its answer is done.
+    """
+    if state.concurrency.acquire(blocking=False):
+        return None
+    busy = QueryRefused(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{state.config.jurisdiction} is answering its maximum of "
+        f"{state.config.limits.max_concurrent_queries} queries; retry shortly",
+    )
+    state.gate.refuse(identity, kind, busy)
+    return busy
+
+
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     """Decode, call the domain function, encode, map refusals to status codes."""
 
@@ -401,13 +417,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         identity = peer_identity(context)
         assert identity is not None  # IdentityInterceptor guarantees it
         gate = self._state.gate
-        if not self._state.concurrency.acquire(blocking=False):
-            busy = QueryRefused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self._state.config.jurisdiction} is answering its maximum of "
-                f"{self._state.config.limits.max_concurrent_queries} queries; retry shortly",
-            )
-            gate.refuse(identity, QueryKind.MATCH, busy)
+        busy = take_query_slot(self._state, identity, QueryKind.MATCH)
+        if busy is not None:
             _abort(context, busy)
             return
         admission: Admission | None = None
