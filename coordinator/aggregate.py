@@ -33,7 +33,7 @@ from coordinator.match import (
     Progress,
     _check_node_certificate,
     _remaining,
-    _rpc_failure,
+    rpc_failure,
 )
 from coordinator.transport import GrpcTransport, GrpcTransports
 from fedtrace import group, psi
@@ -463,7 +463,7 @@ def run_aggregate(
         except NodeFailure as exc:
             failures[entry.name] = NodeResult(entry.name, exc.status, str(exc))
         except grpc.RpcError as exc:
-            failures[entry.name] = _rpc_failure(entry, exc)
+            failures[entry.name] = rpc_failure(entry, exc)
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(entries))) as pool:
@@ -483,7 +483,7 @@ def run_aggregate(
             except NodeFailure as exc:
                 failures[name] = NodeResult(name, exc.status, str(exc))
             except grpc.RpcError as exc:
-                failures[name] = _rpc_failure(one.entry, exc)
+                failures[name] = rpc_failure(one.entry, exc)
 
         if query.total_only and len(rounds) < 2:
             for name in rounds:

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import grpc
 
 from coordinator.federation import Federation, NodeEntry
-from coordinator.match import NodeFailure, _rpc_failure
+from coordinator.match import NodeFailure, rpc_failure
 from coordinator.transport import node_channel, read_federation_file
-from coordinator.verify import ReportVerification, _check_investigator
+from coordinator.verify import ReportVerification, check_investigator
 from fedtrace.errors import FedtraceError
 from fedtrace.followup import (
     EXPORT_DOCUMENT,
@@ -232,7 +232,7 @@ def _run(entry: NodeEntry, action: Callable[[], FollowUpResult]) -> FollowUpResu
     except NodeFailure as exc:
         return FollowUpResult(entry.name, exc.status, str(exc))
     except grpc.RpcError as exc:
-        failure = _rpc_failure(entry, exc)
+        failure = rpc_failure(entry, exc)
         return FollowUpResult(entry.name, failure.status, failure.reason)
 
 
@@ -448,7 +448,7 @@ def verify_case_record(
         f"{node}: record {record.request_id} signed by node {node}, {state_label(record.state)}, "
         f"case {record.case_ref}, policy {record.policy_version}"
     )
-    _check_investigator(
+    check_investigator(
         document, ca_pem, {record.investigator}, outcome, require_investigator_signature
     )
     return outcome

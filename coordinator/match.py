@@ -152,7 +152,7 @@ def run_match(
         except NodeFailure as exc:
             result = NodeResult(entry.name, exc.status, str(exc))
         except grpc.RpcError as exc:
-            result = _rpc_failure(entry, exc)
+            result = rpc_failure(entry, exc)
         finally:
             transport.close()
         result.seconds = round(time.monotonic() - started, 3)
@@ -421,7 +421,8 @@ def _result(
     return result
 
 
-def _rpc_failure(entry: NodeEntry, exc: grpc.RpcError) -> NodeResult:
+def rpc_failure(entry: NodeEntry, exc: grpc.RpcError) -> NodeResult:
+    """One node's failed call as a result the investigator can act on (every query kind)."""
     code = exc.code()
     details = exc.details() or ""
     if code == grpc.StatusCode.PERMISSION_DENIED:

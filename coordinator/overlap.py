@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from coordinator.federation import Federation, NodeEntry
-from coordinator.match import Progress, _rpc_failure
+from coordinator.match import Progress, rpc_failure
 from coordinator.transport import node_channel, read_federation_file
 from fedtrace import group, overlap
 from fedtrace.census_transcript import CensusHop, CensusTranscript
@@ -316,7 +316,7 @@ def run_overlap(
                 response = peers[entry.name].join(census_id, query)
                 result = _joined(entry, response, ca_pem)
             except grpc.RpcError as exc:
-                failed = _rpc_failure(entry, exc)
+                failed = rpc_failure(entry, exc)
                 result = CensusNodeResult(entry.name, failed.status, failed.reason)
             except _NodeProblem as exc:
                 result = CensusNodeResult(entry.name, "error", str(exc))
@@ -417,7 +417,7 @@ def _blame(results: dict[str, CensusNodeResult], joined: list[str], failures: li
         first = min(genuine, key=lambda f: f.at)
         culprit = first.node
         entry = NodeEntry(first.node, "")
-        failed = _rpc_failure(entry, first.error)
+        failed = rpc_failure(entry, first.error)
         results[culprit].status = failed.status
         results[culprit].reason = f"census stopped at {culprit}: {failed.reason}"
     for code in joined:

@@ -186,13 +186,14 @@ def _check_result(
     return transcript.investigator
 
 
-def _check_investigator(
+def check_investigator(
     report: Mapping[str, Any],
     ca_pem: bytes,
     investigators: set[str],
     outcome: ReportVerification,
     required: bool,
 ) -> None:
+    """Check the investigator's signature over a whole report (shared by every report kind)."""
     signature = report.get(INVESTIGATOR_SIGNATURE)
     if not isinstance(signature, dict):
         message = (
@@ -284,7 +285,7 @@ def verify_report(
                 investigators.add(investigator)
     if len(investigators) > 1:
         outcome.fail(f"the transcripts name several investigators: {', '.join(investigators)}")
-    _check_investigator(report, ca_pem, investigators, outcome, require_investigator_signature)
+    check_investigator(report, ca_pem, investigators, outcome, require_investigator_signature)
     return outcome
 
 

@@ -147,9 +147,9 @@ def test_node_refuses_a_client_certificate_from_another_ca(federation: Federatio
         transport.info(10)
     transport.close()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    from coordinator.match import _rpc_failure
+    from coordinator.match import rpc_failure
 
-    result = _rpc_failure(NodeEntry("EE", "x"), caught.value)
+    result = rpc_failure(NodeEntry("EE", "x"), caught.value)
     assert result.status == "error" and result.reason.startswith("UNAUTHENTICATED:")
 
 
