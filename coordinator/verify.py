@@ -26,15 +26,18 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from fedtrace.aggregate_transcript import AggregateTranscript
+from fedtrace.census_transcript import CensusTranscript
 from fedtrace.errors import ConfigError
 from fedtrace.pki import (
     ROLE_INVESTIGATOR,
     ROLE_NODE,
+    Identity,
     InvalidCertificate,
     PkiError,
     sign,
@@ -42,6 +45,9 @@ from fedtrace.pki import (
     verify_signature,
 )
 from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
+
+# Every kind of transcript a node signs; check_node_signature checks any of them.
+SignedTranscript = TypeVar("SignedTranscript", Transcript, AggregateTranscript, CensusTranscript)
 
 REPORT_DOMAIN = b"fedtrace-report-v1\x00"
 INVESTIGATOR_SIGNATURE = "investigator_signature"
@@ -97,24 +103,16 @@ def _transcript(document: object) -> Transcript:
     return Transcript.from_json(document)
 
 
-def _check_result(
-    result: Mapping[str, Any], report: Mapping[str, Any], ca_pem: bytes, outcome: ReportVerification
-) -> str | None:
-    """Check one result; returns the investigator its transcript names, when it verifies."""
-    node = str(result.get("node", "?"))
-    status = result.get("status")
-    signature = result.get("signature")
-    if status != "ok":
-        if signature:
-            outcome.fail(f"{node}: status {status!r} but the result carries a signature")
-        else:
-            outcome.note(f"{node}: {status} — not signed (only answers are signed)")
-        return None
+def check_node_signature(
+    node: str, signature: object, load: Callable[[object], SignedTranscript], ca_pem: bytes,
+    outcome: ReportVerification,
+) -> tuple[SignedTranscript, Identity] | None:
+    """The transcript the node signed, when digest, certificate and signature all hold."""
     if not isinstance(signature, dict):
         outcome.fail(f"{node}: an ok result without the node's signature")
         return None
     try:
-        transcript = _transcript(signature.get("transcript"))
+        transcript = load(signature.get("transcript"))
     except ValueError as exc:
         outcome.fail(f"{node}: {exc}")
         return None
@@ -140,11 +138,29 @@ def _check_result(
     except ValueError:
         valid = False
     if not valid:
-        outcome.fail(
-            f"{node}: the signature is not {node}'s signature over this transcript "
-            "(forged or altered)"
-        )
+        outcome.fail(f"{node}: the signature is not {node}'s signature over this transcript "
+                     "(forged or altered)")
         return None
+    return transcript, identity
+
+
+def _check_result(
+    result: Mapping[str, Any], report: Mapping[str, Any], ca_pem: bytes, outcome: ReportVerification
+) -> str | None:
+    """Check one result; returns the investigator its transcript names, when it verifies."""
+    node = str(result.get("node", "?"))
+    status = result.get("status")
+    signature = result.get("signature")
+    if status != "ok":
+        if signature:
+            outcome.fail(f"{node}: status {status!r} but the result carries a signature")
+        else:
+            outcome.note(f"{node}: {status} — not signed (only answers are signed)")
+        return None
+    checked = check_node_signature(node, signature, _transcript, ca_pem, outcome)
+    if checked is None:
+        return None
+    transcript, identity = checked
     mismatches = []
     expected = {
         "node": (node, transcript.jurisdiction),

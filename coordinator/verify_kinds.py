@@ -20,26 +20,15 @@ covers their values; verify.py checks that one for every kind.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 
-from coordinator.verify import ReportVerification
+from coordinator.verify import ReportVerification, check_node_signature
 from fedtrace.aggregate import COUNT_COLUMN
 from fedtrace.aggregate_transcript import AggregateTranscript, FigureTerms
 from fedtrace.census_transcript import CensusHop, CensusTranscript
-from fedtrace.pki import (
-    ROLE_NODE,
-    Identity,
-    InvalidCertificate,
-    PkiError,
-    verify_issued_by,
-    verify_signature,
-)
-from fedtrace.transcript import SIGNATURE_ALGORITHM
 
-T = TypeVar("T", AggregateTranscript, CensusTranscript)
 _SCALARS: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
 }
@@ -79,47 +68,6 @@ def load_census_transcript(document: object) -> CensusTranscript:
     _check_fields(document, CensusTranscript, "its census transcript")
     assert isinstance(document, dict)
     return CensusTranscript.from_json(document)
-
-
-def check_node_signature(
-    node: str, signature: object, load: Callable[[object], T], ca_pem: bytes,
-    outcome: ReportVerification,
-) -> tuple[T, Identity] | None:
-    """The transcript the node signed, when digest, certificate and signature all hold."""
-    if not isinstance(signature, dict):
-        outcome.fail(f"{node}: an ok result without the node's signature")
-        return None
-    try:
-        transcript = load(signature.get("transcript"))
-    except ValueError as exc:
-        outcome.fail(f"{node}: {exc}")
-        return None
-    if signature.get("algorithm") != SIGNATURE_ALGORITHM:
-        outcome.fail(f"{node}: unknown signature algorithm {signature.get('algorithm')!r}")
-        return None
-    digest = transcript.digest()
-    if signature.get("transcript_sha256") != digest.hex():
-        outcome.fail(f"{node}: the transcript was altered (its digest does not match)")
-        return None
-    cert = str(signature.get("certificate_pem", "")).encode()
-    when = dt.datetime.fromtimestamp(transcript.timestamp_unix_ms / 1000, dt.UTC)
-    try:
-        identity = verify_issued_by(cert, ca_pem, at=when)
-    except (InvalidCertificate, PkiError) as exc:
-        outcome.fail(f"{node}: the signing certificate does not chain to the federation CA: {exc}")
-        return None
-    if identity.role != ROLE_NODE or identity.jurisdiction != node:
-        outcome.fail(f"{node}: signed by {identity.describe()}, not by node {node}")
-        return None
-    try:
-        valid = verify_signature(cert, digest, bytes.fromhex(str(signature.get("value", ""))))
-    except ValueError:
-        valid = False
-    if not valid:
-        outcome.fail(f"{node}: the signature is not {node}'s signature over this transcript "
-                     "(forged or altered)")
-        return None
-    return transcript, identity
 
 
 def _differences(pairs: Mapping[str, tuple[object, object]]) -> list[str]:
