@@ -24,16 +24,32 @@ def add_aggregate_parser(query: Any) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--case", required=True, metavar="REF")
     p.add_argument("--legal-basis", default="", metavar="B")
-    p.add_argument("--sum", action="append", required=True, metavar="COL", dest="sum",
-                   help="a column to sum over the matched records (repeat for several)")
-    p.add_argument("--total-only", action="store_true",
-                   help="one federation total; no party learns any single node's figures")
-    p.add_argument("--epsilon", type=float, default=0.0,
-                   help="privacy loss to spend per node (default: each grant's epsilon_per_query)")
+    p.add_argument(
+        "--sum",
+        action="append",
+        required=True,
+        metavar="COL",
+        dest="sum",
+        help="a column to sum over the matched records (repeat for several)",
+    )
+    p.add_argument(
+        "--total-only",
+        action="store_true",
+        help="one federation total; no party learns any single node's figures",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.0,
+        help="privacy loss to spend per node (default: each grant's epsilon_per_query)",
+    )
     p.add_argument("--nodes", metavar="A,B", help="only these nodes of the federation")
     p.add_argument("--column", help="CSV watchlist column holding the identifiers")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="run even if some watchlist lines are invalid (they are counted)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="run even if some watchlist lines are invalid (they are counted)",
+    )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
     p.set_defaults(run=query_aggregate)
@@ -71,20 +87,36 @@ def query_aggregate(args: argparse.Namespace) -> int:
     transports = GrpcAggregateTransports(federation)
     investigator = investigator_jurisdiction(federation, transports.ca_pem)
     query = AggregateQuery(
-        dataset=args.dataset, case_ref=args.case, legal_basis=args.legal_basis,
-        items=watchlist.items, investigator=investigator, columns=columns,
-        total_only=args.total_only, epsilon=args.epsilon,
+        dataset=args.dataset,
+        case_ref=args.case,
+        legal_basis=args.legal_basis,
+        items=watchlist.items,
+        investigator=investigator,
+        columns=columns,
+        total_only=args.total_only,
+        epsilon=args.epsilon,
     )
     with progress_display(sys.stderr.isatty()) as progress:
-        outcome = run_aggregate(federation, query, transports, transports.ca_pem, nodes=nodes,
-                                cache=TagCache.default(), progress=progress)
+        outcome = run_aggregate(
+            federation,
+            query,
+            transports,
+            transports.ca_pem,
+            nodes=nodes,
+            cache=TagCache.default(),
+            progress=progress,
+        )
     summary = WatchlistSummary(
-        file=str(watchlist_path), kind="wallet", lines=watchlist.lines,
-        items=len(watchlist.items), duplicates=watchlist.duplicates,
+        file=str(watchlist_path),
+        kind="wallet",
+        lines=watchlist.lines,
+        items=len(watchlist.items),
+        duplicates=watchlist.duplicates,
         skipped_invalid=len(watchlist.problems),
     )
-    text = render_aggregate(args.format, args.case, args.dataset, outcome, summary,
-                            args.legal_basis, columns)
+    text = render_aggregate(
+        args.format, args.case, args.dataset, outcome, summary, args.legal_basis, columns
+    )
     if args.format == "json":
         text = signed_report_text(text, federation.key, federation.cert)
     if args.out:

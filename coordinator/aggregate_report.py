@@ -61,11 +61,17 @@ def total_json(total: FederationTotal) -> dict[str, Any]:
     return out
 
 
-def aggregate_report_json(case: str, dataset: str, outcome: AggregateOutcome,
-                          watchlist: WatchlistSummary | None = None, legal_basis: str = "",
-                          columns: Sequence[str] = ()) -> dict[str, Any]:
-    report = report_json(case, "aggregate", dataset, [r.result for r in outcome.results],
-                         watchlist, legal_basis)
+def aggregate_report_json(
+    case: str,
+    dataset: str,
+    outcome: AggregateOutcome,
+    watchlist: WatchlistSummary | None = None,
+    legal_basis: str = "",
+    columns: Sequence[str] = (),
+) -> dict[str, Any]:
+    report = report_json(
+        case, "aggregate", dataset, [r.result for r in outcome.results], watchlist, legal_basis
+    )
     report["columns"] = list(columns)
     report["results"] = [aggregate_result_json(r) for r in outcome.results]
     if outcome.total is not None:
@@ -73,9 +79,15 @@ def aggregate_report_json(case: str, dataset: str, outcome: AggregateOutcome,
     return report
 
 
-def render_aggregate(fmt: str, case: str, dataset: str, outcome: AggregateOutcome,
-                     watchlist: WatchlistSummary | None = None, legal_basis: str = "",
-                     columns: Sequence[str] = ()) -> str:
+def render_aggregate(
+    fmt: str,
+    case: str,
+    dataset: str,
+    outcome: AggregateOutcome,
+    watchlist: WatchlistSummary | None = None,
+    legal_basis: str = "",
+    columns: Sequence[str] = (),
+) -> str:
     report = aggregate_report_json(case, dataset, outcome, watchlist, legal_basis, columns)
     if fmt == "json":
         return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
@@ -88,18 +100,25 @@ def render_aggregate(fmt: str, case: str, dataset: str, outcome: AggregateOutcom
 
 
 def _cell(entry: dict[str, Any], figure: str) -> str:
-    value = entry.get("match_count") if figure == COUNT_COLUMN else entry.get(
-        "aggregates", {}).get(figure)
+    value = (
+        entry.get("match_count")
+        if figure == COUNT_COLUMN
+        else entry.get("aggregates", {}).get(figure)
+    )
     if value is None:
         return "-"
-    text = f"{value:,.2f}" if isinstance(value, float) else (
-        f"{value:,}" if isinstance(value, int) else str(value))
+    text = (
+        f"{value:,.2f}"
+        if isinstance(value, float)
+        else (f"{value:,}" if isinstance(value, int) else str(value))
+    )
     interval = entry.get("interval_95", {}).get(figure)
     if interval is not None:
         low, high = interval
         width = (high - low) / 2
-        text += f" ± {width:,.2f}" if isinstance(width, float) and width % 1 else \
-            f" ± {int(width):,}"
+        text += (
+            f" ± {width:,.2f}" if isinstance(width, float) and width % 1 else f" ± {int(width):,}"
+        )
     return text
 
 
@@ -107,23 +126,52 @@ def _csv(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     figures = [COUNT_COLUMN, *columns]
-    writer.writerow(["node", "status", "figure", "value", "interval_95_low", "interval_95_high",
-                     "noise_scale", "min_cohort", "policy_version", "reason"])
+    writer.writerow(
+        [
+            "node",
+            "status",
+            "figure",
+            "value",
+            "interval_95_low",
+            "interval_95_high",
+            "noise_scale",
+            "min_cohort",
+            "policy_version",
+            "reason",
+        ]
+    )
     for node, entry in rows:
         for figure in figures:
-            value = entry.get("match_count") if figure == COUNT_COLUMN else entry.get(
-                "aggregates", {}).get(figure)
+            value = (
+                entry.get("match_count")
+                if figure == COUNT_COLUMN
+                else entry.get("aggregates", {}).get(figure)
+            )
             interval = entry.get("interval_95", {}).get(figure, ["", ""])
-            writer.writerow([node, entry["status"], figure, "" if value is None else value,
-                             interval[0], interval[1],
-                             entry.get("noise_scale", {}).get(figure, ""),
-                             entry.get("min_cohort", ""), entry.get("policy_version", ""),
-                             entry.get("reason", "")])
+            writer.writerow(
+                [
+                    node,
+                    entry["status"],
+                    figure,
+                    "" if value is None else value,
+                    interval[0],
+                    interval[1],
+                    entry.get("noise_scale", {}).get(figure, ""),
+                    entry.get("min_cohort", ""),
+                    entry.get("policy_version", ""),
+                    entry.get("reason", ""),
+                ]
+            )
     return buffer.getvalue()
 
 
-def _table(case: str, dataset: str, rows: Sequence[tuple[str, dict[str, Any]]],
-           columns: Sequence[str], watchlist: WatchlistSummary | None) -> str:
+def _table(
+    case: str,
+    dataset: str,
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    columns: Sequence[str],
+    watchlist: WatchlistSummary | None,
+) -> str:
     console = Console(file=io.StringIO(), width=160, force_terminal=False, color_system=None)
     title = f"aggregate · dataset {dataset} · case {case}"
     if watchlist is not None:
@@ -132,10 +180,20 @@ def _table(case: str, dataset: str, rows: Sequence[tuple[str, dict[str, Any]]],
     for name in ("node", "status", "matches", *columns, "note"):
         table.add_column(name, overflow="fold")
     for node, entry in rows:
-        note = entry.get("reason", "") if entry["status"] != "ok" else (
-            f"min cohort {entry.get('min_cohort', '-')}"
-            + (", ± is the 95% noise interval" if entry.get("interval_95") else ""))
-        table.add_row(node, entry["status"], _cell(entry, COUNT_COLUMN),
-                      *(_cell(entry, c) for c in columns), note)
+        note = (
+            entry.get("reason", "")
+            if entry["status"] != "ok"
+            else (
+                f"min cohort {entry.get('min_cohort', '-')}"
+                + (", ± is the 95% noise interval" if entry.get("interval_95") else "")
+            )
+        )
+        table.add_row(
+            node,
+            entry["status"],
+            _cell(entry, COUNT_COLUMN),
+            *(_cell(entry, c) for c in columns),
+            note,
+        )
     console.print(table)
     return str(console.file.getvalue())  # type: ignore[attr-defined]

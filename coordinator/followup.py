@@ -260,8 +260,9 @@ def submit_request(
                 raise NodeFailure(
                     "error", f"{entry.name} has no dataset {ask.dataset!r} (it has: {names})"
                 )
-            canonical = canonical_request_item(ask.identifier_kind or dataset.identifier_kind,
-                                               ask.item)
+            canonical = canonical_request_item(
+                ask.identifier_kind or dataset.identifier_kind, ask.item
+            )
             request = requests_pb2.SubmitFollowUpRequest(
                 context=node_pb2.QueryContext(
                     case_ref=ask.case_ref,
@@ -307,8 +308,9 @@ def request_status(
         transport = transports(entry)
         try:
 
-            def action(transport: RequestTransport = transport,
-                       entry: NodeEntry = entry) -> FollowUpResult:
+            def action(
+                transport: RequestTransport = transport, entry: NodeEntry = entry
+            ) -> FollowUpResult:
                 messages = transport.status(
                     requests_pb2.FollowUpStatusRequest(case_ref=case_ref, request_id=request_id),
                     federation.deadline_seconds,
@@ -354,7 +356,8 @@ def report_table(case: str, query: str, results: Sequence[FollowUpResult]) -> st
         for signed in result.requests:
             r = signed.record
             asks = (
-                ", ".join(r.fields_asked) if r.kind == KIND_DISCLOSE
+                ", ".join(r.fields_asked)
+                if r.kind == KIND_DISCLOSE
                 else f"{r.preservation_days} days"
             )
             lines.append(
@@ -371,9 +374,7 @@ def report_table(case: str, query: str, results: Sequence[FollowUpResult]) -> st
                 lines.append(f"    preserved until {r.preserved_until}")
             for number, held in enumerate(r.disclosed, 1):
                 prefix = f"    record {number}: " if len(r.disclosed) > 1 else "    "
-                lines.append(
-                    prefix + "; ".join(f"{k} = {_value_text(v)}" for k, v in held.items())
-                )
+                lines.append(prefix + "; ".join(f"{k} = {_value_text(v)}" for k, v in held.items()))
             lines.append(
                 f"    signed by {r.jurisdiction} (record sha256 "
                 f"{signed.signature['record_sha256'][:16]}…), signature verified"
@@ -402,8 +403,17 @@ def case_record(signed: SignedRecord, exported_by: str, now: dt.datetime) -> dic
 
 
 _EXPORT_KEYS = {
-    "document", "case", "node", "request_id", "state", "legal_basis", "record", "signature",
-    "exported_by", "exported_at", "investigator_signature",
+    "document",
+    "case",
+    "node",
+    "request_id",
+    "state",
+    "legal_basis",
+    "record",
+    "signature",
+    "exported_by",
+    "exported_at",
+    "investigator_signature",
 }
 
 
@@ -426,14 +436,19 @@ def verify_case_record(
         if signature.get("record_sha256") != record_digest(body).hex():
             raise ValueError("the record was altered (its digest does not match the signed one)")
         record = check_record(
-            node, body, bytes.fromhex(str(signature.get("value", ""))),
-            str(signature.get("certificate_pem", "")).encode(), ca_pem,
+            node,
+            body,
+            bytes.fromhex(str(signature.get("value", ""))),
+            str(signature.get("certificate_pem", "")).encode(),
+            ca_pem,
         )
     except (ValueError, TypeError) as exc:
         outcome.fail(f"{node}: {exc}")
         return outcome
     shown = {
-        "case": record.case_ref, "request_id": record.request_id, "state": record.state,
+        "case": record.case_ref,
+        "request_id": record.request_id,
+        "state": record.state,
         "legal_basis": record.legal_basis,
     }
     mismatches = [
@@ -467,7 +482,8 @@ def case_record_html(document: dict[str, Any]) -> str:
     signature = document["signature"]
     investigator = document.get("investigator_signature") or {}
     asked = (
-        ", ".join(r.fields_asked) if r.kind == KIND_DISCLOSE
+        ", ".join(r.fields_asked)
+        if r.kind == KIND_DISCLOSE
         else f"preservation for {r.preservation_days} days"
     )
     disclosed = ""
@@ -485,28 +501,56 @@ table{{border-collapse:collapse;margin-bottom:1em}}</style></head><body>
 <p>State: <strong>{html.escape(state_label(r.state))}</strong></p>
 <h2>Request</h2>
 <table>
-{_rows([("case", r.case_ref), ("requesting jurisdiction", r.investigator),
-        ("requested jurisdiction", r.jurisdiction), ("kind", r.kind),
-        ("legal basis", r.legal_basis), ("dataset", r.dataset), ("item", r.item),
-        ("asked", asked), ("reason", r.reason or "-"), ("submitted", r.submitted_at),
-        ("answer deadline", r.deadline or "-")])}
+{
+        _rows(
+            [
+                ("case", r.case_ref),
+                ("requesting jurisdiction", r.investigator),
+                ("requested jurisdiction", r.jurisdiction),
+                ("kind", r.kind),
+                ("legal basis", r.legal_basis),
+                ("dataset", r.dataset),
+                ("item", r.item),
+                ("asked", asked),
+                ("reason", r.reason or "-"),
+                ("submitted", r.submitted_at),
+                ("answer deadline", r.deadline or "-"),
+            ]
+        )
+    }
 </table>
 <h2>Decision (approvals)</h2>
 <table>
-{_rows([("decided", r.decided_at or "not yet"), ("by", r.decided_by or "-"),
-        ("reason", r.decision_reason or "-"), ("fields disclosed", r.fields_disclosed),
-        ("fields withheld", r.fields_withheld), ("preserved until", r.preserved_until or "-"),
-        ("policy version", r.policy_version)])}
+{
+        _rows(
+            [
+                ("decided", r.decided_at or "not yet"),
+                ("by", r.decided_by or "-"),
+                ("reason", r.decision_reason or "-"),
+                ("fields disclosed", r.fields_disclosed),
+                ("fields withheld", r.fields_withheld),
+                ("preserved until", r.preserved_until or "-"),
+                ("policy version", r.policy_version),
+            ]
+        )
+    }
 </table>
 <h2>Disclosed data</h2>
 {disclosed}
 <h2>Signatures</h2>
 <table>
-{_rows([("node signature", signature.get("algorithm")),
-        ("record SHA-256", signature.get("record_sha256")),
-        ("signed at", r.signed_at), ("signature (hex)", signature.get("value")),
-        ("investigator report SHA-256", investigator.get("report_sha256", "-")),
-        ("investigator signature (hex)", investigator.get("value", "-"))])}
+{
+        _rows(
+            [
+                ("node signature", signature.get("algorithm")),
+                ("record SHA-256", signature.get("record_sha256")),
+                ("signed at", r.signed_at),
+                ("signature (hex)", signature.get("value")),
+                ("investigator report SHA-256", investigator.get("report_sha256", "-")),
+                ("investigator signature (hex)", investigator.get("value", "-")),
+            ]
+        )
+    }
 </table>
 <h3>Node certificate</h3>
 <pre>{html.escape(str(signature.get("certificate_pem", "")))}</pre>

@@ -101,4 +101,3 @@ class GrpcTransports:
     @property
     def ca_pem(self) -> bytes:
         return self._root
-

@@ -17,7 +17,7 @@ coordinator wrote, unchanged since, but it is the investigator's own statement,
 not the node's. See docs/audit.md.
 
 Aggregate and overlap reports carry their own transcripts (AggregateTranscript,
-CensusTranscript); coordinator/verify_kinds.py checks those results.
+OverlapTranscript); coordinator/verify_kinds.py checks those results.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedtrace.aggregate_transcript import AggregateTranscript
-from fedtrace.census_transcript import CensusTranscript
 from fedtrace.errors import ConfigError
+from fedtrace.overlap_transcript import OverlapTranscript
 from fedtrace.pki import (
     ROLE_INVESTIGATOR,
     ROLE_NODE,
@@ -47,7 +47,7 @@ from fedtrace.pki import (
 from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
 
 # Every kind of transcript a node signs; check_node_signature checks any of them.
-SignedTranscript = TypeVar("SignedTranscript", Transcript, AggregateTranscript, CensusTranscript)
+SignedTranscript = TypeVar("SignedTranscript", Transcript, AggregateTranscript, OverlapTranscript)
 
 REPORT_DOMAIN = b"fedtrace-report-v1\x00"
 INVESTIGATOR_SIGNATURE = "investigator_signature"
@@ -104,7 +104,10 @@ def _transcript(document: object) -> Transcript:
 
 
 def check_node_signature(
-    node: str, signature: object, load: Callable[[object], SignedTranscript], ca_pem: bytes,
+    node: str,
+    signature: object,
+    load: Callable[[object], SignedTranscript],
+    ca_pem: bytes,
     outcome: ReportVerification,
 ) -> tuple[SignedTranscript, Identity] | None:
     """The transcript the node signed, when digest, certificate and signature all hold."""
@@ -138,8 +141,10 @@ def check_node_signature(
     except ValueError:
         valid = False
     if not valid:
-        outcome.fail(f"{node}: the signature is not {node}'s signature over this transcript "
-                     "(forged or altered)")
+        outcome.fail(
+            f"{node}: the signature is not {node}'s signature over this transcript "
+            "(forged or altered)"
+        )
         return None
     return transcript, identity
 

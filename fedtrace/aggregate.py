@@ -47,7 +47,8 @@ def match_positions(tags: bytes, unblinded_points: Sequence[bytes]) -> list[int]
     wanted = {joined[i : i + TAG_BYTES] for i in range(0, len(joined), TAG_BYTES)}
     # 64-bit tags: a false row appears with probability about |X|·|T|/2^64.
     return [
-        row for row in range(len(tags) // TAG_BYTES)
+        row
+        for row in range(len(tags) // TAG_BYTES)
         if tags[row * TAG_BYTES : (row + 1) * TAG_BYTES] in wanted
     ]
 
@@ -135,23 +136,26 @@ def pairwise_mask(
         sign = 1 if own_code == low else -1
         for column in columns:
             info = b"\x00".join((_MASK_INFO, low.encode(), high.encode(), column.encode()))
-            stream = HKDF(algorithm=hashes.SHA256(), length=32, salt=query_nonce,
-                          info=info).derive(shared)
+            stream = HKDF(algorithm=hashes.SHA256(), length=32, salt=query_nonce, info=info).derive(
+                shared
+            )
             masks[column] = (masks[column] + sign * int.from_bytes(stream, "big")) % PLAIN_MODULUS
     return masks
 
 
 def measure(n_records: int, n_columns: int = 3, watchlist: int = 10_000) -> dict[str, float]:
     """Bytes and seconds of one aggregate over a table of ``n_records`` rows (no network)."""
-    table = group.blind_items([f"r{i}".encode() for i in range(min(n_records, 20_000))],
-                              group.random_scalar(), workers=1)
+    table = group.blind_items(
+        [f"r{i}".encode() for i in range(min(n_records, 20_000))], group.random_scalar(), workers=1
+    )
     table = (table * (-(-n_records // len(table))))[:n_records]
     figures: dict[str, float] = {"records": float(n_records), "columns": float(n_columns)}
     started = time.perf_counter()
     tags = position_tags(table)
     figures["node_tags_s"] = time.perf_counter() - started
-    positions = sorted(secrets.SystemRandom().sample(range(n_records),
-                                                     min(watchlist, n_records) // 10))
+    positions = sorted(
+        secrets.SystemRandom().sample(range(n_records), min(watchlist, n_records) // 10)
+    )
     started = time.perf_counter()
     secret = SecretHeContext.generate()
     public_blob = secret.public_bytes()
@@ -186,8 +190,7 @@ def measure(n_records: int, n_columns: int = 3, watchlist: int = 10_000) -> dict
     return figures
 
 
-def measure_query(n_records: int, watchlist: int = 10_000, n_columns: int = 3
-                  ) -> dict[str, float]:
+def measure_query(n_records: int, watchlist: int = 10_000, n_columns: int = 3) -> dict[str, float]:
     """One whole aggregate query without the network: ``measure`` plus both PSI rounds.
 
     Coordinator blinds ``watchlist`` items, the node evaluates and shuffles them,
@@ -215,13 +218,24 @@ def measure_query(n_records: int, watchlist: int = 10_000, n_columns: int = 3
     match_positions(tags, unblinded)
     figures["coordinator_match_s"] = time.perf_counter() - started_match
     figures["coordinator_unblind_s"] = started_match - started
-    figures["end_to_end_s"] = sum(figures[k] for k in (
-        "coordinator_blind_s", "node_evaluate_s", "coordinator_unblind_s", "coordinator_match_s",
-        "coordinator_encrypt_s", "node_aggregate_s", "coordinator_decrypt_s"))
+    figures["end_to_end_s"] = sum(
+        figures[k]
+        for k in (
+            "coordinator_blind_s",
+            "node_evaluate_s",
+            "coordinator_unblind_s",
+            "coordinator_match_s",
+            "coordinator_encrypt_s",
+            "node_aggregate_s",
+            "coordinator_decrypt_s",
+        )
+    )
     figures["node_cpu_s"] = figures["node_evaluate_cpu_s"] + figures["node_aggregate_cpu_s"]
     figures["bytes_per_record_per_query"] = (
-        figures["indicator_bytes_per_record"] + figures["answer_bytes_per_record"]
-        + (64 * watchlist) / n_records)
+        figures["indicator_bytes_per_record"]
+        + figures["answer_bytes_per_record"]
+        + (64 * watchlist) / n_records
+    )
     return figures
 
 

@@ -50,8 +50,13 @@ Say = Callable[[str], None]
 
 
 def _fedtrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
-                          text=True, check=False, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedtrace.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"`fedtrace {' '.join(args)}` failed: {done.stderr.strip()[-800:]}")
     return done
@@ -89,16 +94,28 @@ class BenchNode:
         started = time.perf_counter()
         with (self.node_dir / "serve.log").open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(self.node_dir),
-                 "--listen", "127.0.0.1:0"],
-                stdout=subprocess.PIPE, stderr=log, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "node",
+                    "serve",
+                    str(self.node_dir),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if "serving on" not in line:
             self.process.kill()
-            raise RuntimeError(f"node {self.code} did not start: "
-                               f"{(self.node_dir / 'serve.log').read_text()[-1500:]}")
+            raise RuntimeError(
+                f"node {self.code} did not start: "
+                f"{(self.node_dir / 'serve.log').read_text()[-1500:]}"
+            )
         self.address = line.rsplit(" ", 1)[-1].strip()
         return time.perf_counter() - started
 
@@ -168,9 +185,17 @@ class Federation:
         return self.root / "coordinator-cache"
 
     def write_federation_file(self) -> Path:
-        lines = ["[investigator]", f'name = "{INVESTIGATOR}"', 'cert = "investigator/cert.pem"',
-                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
-                 "deadline_seconds = 600", ""]
+        lines = [
+            "[investigator]",
+            f'name = "{INVESTIGATOR}"',
+            'cert = "investigator/cert.pem"',
+            'key = "investigator/key.pem"',
+            'ca = "ca/ca.pem"',
+            "",
+            "[query]",
+            "deadline_seconds = 600",
+            "",
+        ]
         for node in self.nodes:
             lines += ["[[node]]", f'name = "{node.code}"', f'address = "{node.address}"', ""]
         path = self.root / "federation.toml"
@@ -205,11 +230,31 @@ class Federation:
         started = time.perf_counter()
         with (self.root / "query.err").open("w+") as errors:
             process = subprocess.Popen(
-                [sys.executable, "-m", "fedtrace.cli", "query", "match", "--federation",
-                 str(self.root / "federation.toml"), "--watchlist", str(self.watchlist),
-                 "--dataset", "wallets", "--case", "BENCH-1", "--legal-basis", "MLA",
-                 "--format", "json", "--out", str(self.root / "report.json")],
-                stdout=subprocess.DEVNULL, stderr=errors, text=True, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "query",
+                    "match",
+                    "--federation",
+                    str(self.root / "federation.toml"),
+                    "--watchlist",
+                    str(self.watchlist),
+                    "--dataset",
+                    "wallets",
+                    "--case",
+                    "BENCH-1",
+                    "--legal-basis",
+                    "MLA",
+                    "--format",
+                    "json",
+                    "--out",
+                    str(self.root / "report.json"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                text=True,
+                env=env,
             )
             # VmHWM is polled while the process lives: wait4's ru_maxrss would not do,
             # Linux carries it over from the forking parent (this bench) across exec.
@@ -220,13 +265,16 @@ class Federation:
             seconds = time.perf_counter() - started
             errors.seek(0)
             if process.returncode != 0:
-                raise RuntimeError(f"query match exited {process.returncode}: "
-                                   f"{errors.read()[-1500:]}")
+                raise RuntimeError(
+                    f"query match exited {process.returncode}: {errors.read()[-1500:]}"
+                )
         report = json.loads((self.root / "report.json").read_text())
         for result in report["results"]:
             if result["match_count"] != self.expected_matches:
-                raise RuntimeError(f"{result['node']} matched {result['match_count']}, "
-                                   f"expected {self.expected_matches}")
+                raise RuntimeError(
+                    f"{result['node']} matched {result['match_count']}, "
+                    f"expected {self.expected_matches}"
+                )
         return seconds, peak, report
 
 
@@ -244,7 +292,8 @@ def build_federation(root: Path, wallets: int, say: Say) -> Federation:
         node_dir = root / "nodes" / code
         _fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
         (node_dir / "policy.toml").write_text(
-            POLICY.format(code=code, investigator=INVESTIGATOR, limit=WATCHLIST_ITEMS))
+            POLICY.format(code=code, investigator=INVESTIGATOR, limit=WATCHLIST_ITEMS)
+        )
         own = [_address(rng) for _ in range(wallets - SHARED_WALLETS)]
         watchlisted += own[:WATCHLISTED_PER_NODE]
         held = shared + own
@@ -298,8 +347,10 @@ def measure_federation(
             node_start.append(starts)
             cold_query.append(seconds)
             coordinator_rss = max(coordinator_rss, rss)
-            say(f"  cold run {run + 1}: node starts {', '.join(f'{s:.1f}' for s in starts)} s, "
-                f"query {seconds:.2f} s")
+            say(
+                f"  cold run {run + 1}: node starts {', '.join(f'{s:.1f}' for s in starts)} s, "
+                f"query {seconds:.2f} s"
+            )
         for _ in range(warm_runs):
             seconds, rss, _ = federation.query()
             warm_query.append(seconds)

@@ -148,17 +148,37 @@ def run_demo(keep: Path | None = None) -> int:
             fed = str(write_federation_file(root, addresses))
             common = ("--federation", fed, "--dataset", "wallets", "--legal-basis", "MLA")
             _say(f"investigator {INVESTIGATOR}: which of 200 watchlisted wallets each node holds\n")
-            codes = [_investigator("query", "match", *common, "--watchlist", str(watchlist),
-                                   "--case", "DEMO-1")]
-            _say(f"\ninvestigator {INVESTIGATOR}: how much moved through the matched wallets, "
-                 "as one noisy federation-wide total\n")
-            codes.append(_investigator(
-                "query", "aggregate", *common, "--watchlist", str(watchlist), "--case", "DEMO-2",
-                "--sum", "total_in_eur", "--sum", "tx_count", "--total-only"))
-            _say(f"\ninvestigator {INVESTIGATOR}: which jurisdictions share wallets, "
-                 "with no watchlist\n")
+            codes = [
+                _investigator(
+                    "query", "match", *common, "--watchlist", str(watchlist), "--case", "DEMO-1"
+                )
+            ]
+            _say(
+                f"\ninvestigator {INVESTIGATOR}: how much moved through the matched wallets, "
+                "as one noisy federation-wide total\n"
+            )
+            codes.append(
+                _investigator(
+                    "query",
+                    "aggregate",
+                    *common,
+                    "--watchlist",
+                    str(watchlist),
+                    "--case",
+                    "DEMO-2",
+                    "--sum",
+                    "total_in_eur",
+                    "--sum",
+                    "tx_count",
+                    "--total-only",
+                )
+            )
+            _say(
+                f"\ninvestigator {INVESTIGATOR}: which jurisdictions share wallets, "
+                "with no watchlist\n"
+            )
             codes.append(_investigator("query", "overlap", *common, "--case", "DEMO-3"))
-            _say("\nEE's operator: EE's own wallets the census found shared\n")
+            _say("\nEE's operator: EE's own wallets the overlap found shared\n")
             codes.append(_investigator("node", "shared", str(node_dirs["EE"]), "--case", "DEMO-3"))
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; nodes stopped")
         failed = [code for code in codes if code not in (0, 3)]

@@ -38,9 +38,9 @@ FINAL_STATES = (APPROVED, PARTLY_APPROVED, REFUSED, EXPIRED, NO_RECORD)
 
 
 def canonical_json(document: Any) -> bytes:
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 @dataclass(frozen=True)

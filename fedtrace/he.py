@@ -210,8 +210,9 @@ class PublicHeContext:
         uniform = self._encode([secrets.randbelow(PLAIN_MODULUS) for _ in range(SLOT_COUNT)])
         bounded = seal.Plaintext(
             " + ".join(
-                f"{secrets.randbits(FLOOD_BITS):X}x^{power}" if power else
-                f"{secrets.randbits(FLOOD_BITS) | 1:X}"
+                f"{secrets.randbits(FLOOD_BITS):X}x^{power}"
+                if power
+                else f"{secrets.randbits(FLOOD_BITS) | 1:X}"
                 for power in range(POLY_MODULUS_DEGREE - 1, -1, -1)
             )
         )
@@ -219,8 +220,9 @@ class PublicHeContext:
         self._evaluator.multiply_plain_inplace(zero, bounded)
         return zero
 
-    def masked_dot(self, batch: IndicatorBatch, column: Sequence[int], slot_mask: Sequence[int]
-                   ) -> bytes:
+    def masked_dot(
+        self, batch: IndicatorBatch, column: Sequence[int], slot_mask: Sequence[int]
+    ) -> bytes:
         """``Enc(indicator ⊙ column + slot_mask)``, re-randomised, smudged, switched down.
 
         ``column`` has one integer per table row (any length up to the batch's
@@ -324,5 +326,6 @@ class SecretHeContext:
 
     def noise_budget(self, blob: bytes) -> int:
         """Bits of noise budget left in an answer (for tests and parameter checks)."""
-        return int(self._decryptor.invariant_noise_budget(_load(seal.Ciphertext, self._context,
-                                                                 blob)))
+        return int(
+            self._decryptor.invariant_noise_budget(_load(seal.Ciphertext, self._context, blob))
+        )

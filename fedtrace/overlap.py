@@ -1,7 +1,7 @@
-"""The overlap census: which groups of jurisdictions share items, by commutative blinding.
+"""The overlap query: which groups of jurisdictions share items, by commutative blinding.
 
 No watchlist and no raw records: each participating node blinds its own set
-with a fresh census key, and the coordinator relays every node's blinded set
+with a fresh overlap key, and the coordinator relays every node's blinded set
 around a ring of the other nodes until each item carries every key,
 ``H(y)^(k_1 ... k_n)``. Equal items from different nodes are then equal points,
 and the coordinator counts, per point, which origins hold it. See
@@ -14,16 +14,16 @@ This module knows nothing of the network. Every message is ``bytes``:
   ``POINTS_PER_BATCH`` of them (2 MiB);
 * a *shared notice* (own-item reveal only) is a concatenation of 12-byte
   records ``position: u32 LE || partners: u64 LE``, where ``partners`` is a
-  bitmask over ``CensusPlan.roster``.
+  bitmask over ``OverlapPlan.roster``.
 
 Roles:
 
-* ``CensusPlan`` — the roster (ring order), the census id and whether owners
+* ``OverlapPlan`` — the roster (ring order), the overlap id and whether owners
   learn their shared items; the same value on every side.
-* ``CensusParty`` — a node's side: its key, its initial batches, its relay
+* ``OverlapParty`` — a node's side: its key, its initial batches, its relay
   hops (``RelayHop``) and, with reveal, turning notices into its own records.
-* ``CensusTally`` — the coordinator's side: counts final points by origin.
-* ``run_census`` — the coordinator's schedule over any ``CensusPeer``
+* ``OverlapTally`` — the coordinator's side: counts final points by origin.
+* ``run_overlap`` — the coordinator's schedule over any ``OverlapPeer``
   transport; ``InProcessPeer`` is the in-memory one used by tests and
   ``measure``.
 """
@@ -55,7 +55,7 @@ POINTS_PER_BATCH = 65_536
 #: Bytes of a final point the tally keeps: 127 bits of entropy (see docs/overlap.md).
 DIGEST_BYTES = 16
 
-#: A census roster fits a 64-bit partner mask.
+#: A overlap roster fits a 64-bit partner mask.
 MAX_PARTICIPANTS = 64
 
 _NOTICE = struct.Struct("<IQ")
@@ -63,8 +63,8 @@ NOTICE_BYTES = _NOTICE.size
 _IDENTITY = bytes(group.POINT_BYTES)
 
 
-class CensusError(ValueError):
-    """A census message or request that breaks the plan (wrong origin, count, format)."""
+class OverlapError(ValueError):
+    """A overlap message or request that breaks the plan (wrong origin, count, format)."""
 
 
 # --------------------------------------------------------------------------- plan
@@ -87,32 +87,32 @@ def plan_route(nodes: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 
 @dataclass(frozen=True)
-class CensusPlan:
-    """What every side of one census agrees on before any point is blinded."""
+class OverlapPlan:
+    """What every side of one overlap agrees on before any point is blinded."""
 
-    census_id: str
+    overlap_id: str
     roster: tuple[str, ...]  # ring order; bit i of a partner mask is roster[i]
     reveal: bool  # owners learn their shared items; relays then keep order
 
     def __post_init__(self) -> None:
-        if not self.census_id:
-            raise CensusError("a census needs an id")
+        if not self.overlap_id:
+            raise OverlapError("a overlap needs an id")
         if len(self.roster) < 2:
-            raise CensusError(f"a census needs at least 2 participants, got {len(self.roster)}")
+            raise OverlapError(f"a overlap needs at least 2 participants, got {len(self.roster)}")
         if len(self.roster) > MAX_PARTICIPANTS:
-            raise CensusError(f"a census takes at most {MAX_PARTICIPANTS} participants")
+            raise OverlapError(f"a overlap takes at most {MAX_PARTICIPANTS} participants")
         if len(set(self.roster)) != len(self.roster):
-            raise CensusError(f"a participant appears twice in {list(self.roster)}")
+            raise OverlapError(f"a participant appears twice in {list(self.roster)}")
 
     @classmethod
-    def new(cls, roster: Sequence[str], *, reveal: bool) -> CensusPlan:
-        return cls(census_id=secrets.token_hex(16), roster=tuple(roster), reveal=reveal)
+    def new(cls, roster: Sequence[str], *, reveal: bool) -> OverlapPlan:
+        return cls(overlap_id=secrets.token_hex(16), roster=tuple(roster), reveal=reveal)
 
     def index(self, jurisdiction: str) -> int:
         try:
             return self.roster.index(jurisdiction)
         except ValueError:
-            raise CensusError(f"{jurisdiction} is not in census {self.census_id}") from None
+            raise OverlapError(f"{jurisdiction} is not in overlap {self.overlap_id}") from None
 
     def route(self, origin: str) -> list[str]:
         """The nodes that relay ``origin``'s set, in order."""
@@ -124,7 +124,7 @@ class CensusPlan:
         """At which hop (1-based) ``relay`` handles ``origin``'s set."""
         distance = (self.index(relay) - self.index(origin)) % len(self.roster)
         if distance == 0:
-            raise CensusError(f"{relay} never relays its own set")
+            raise OverlapError(f"{relay} never relays its own set")
         return distance
 
     def rounds(self) -> list[list[tuple[str, str]]]:
@@ -148,8 +148,9 @@ class CensusPlan:
 # --------------------------------------------------------------------------- helpers
 
 
-def batches(blob: bytes, record_bytes: int = group.POINT_BYTES,
-            per_batch: int | None = None) -> Iterator[bytes]:
+def batches(
+    blob: bytes, record_bytes: int = group.POINT_BYTES, per_batch: int | None = None
+) -> Iterator[bytes]:
     """Cut a concatenation of fixed-size records into messages of ``POINTS_PER_BATCH`` at most."""
     step = record_bytes * (per_batch or POINTS_PER_BATCH)
     for start in range(0, len(blob), step):
@@ -181,7 +182,7 @@ def _check_batch(batch: bytes) -> int:
         )
     count = len(batch) // group.POINT_BYTES
     if count > POINTS_PER_BATCH:
-        raise CensusError(f"a batch holds at most {POINTS_PER_BATCH} points, got {count}")
+        raise OverlapError(f"a batch holds at most {POINTS_PER_BATCH} points, got {count}")
     return count
 
 
@@ -189,7 +190,7 @@ def _check_batch(batch: bytes) -> int:
 
 
 class RelayHop:
-    """One node's pass over one foreign set: raise every point to the census key.
+    """One node's pass over one foreign set: raise every point to the overlap key.
 
     ``add`` takes each incoming batch and returns the batches ready to send on:
     at once when the plan keeps order (reveal), otherwise nothing until
@@ -197,8 +198,9 @@ class RelayHop:
     cannot even be traced to its batch) and returns it.
     """
 
-    def __init__(self, key: bytes, *, origin: str, expected_points: int, shuffle: bool,
-                 workers: int | None) -> None:
+    def __init__(
+        self, key: bytes, *, origin: str, expected_points: int, shuffle: bool, workers: int | None
+    ) -> None:
         self._key = key
         self.origin = origin
         self.expected_points = expected_points
@@ -213,11 +215,13 @@ class RelayHop:
 
     def add(self, batch: bytes) -> list[bytes]:
         if self._finished:
-            raise CensusError(f"the hop over {self.origin}'s set has already finished")
+            raise OverlapError(f"the hop over {self.origin}'s set has already finished")
         count = _check_batch(batch)
         if self._received + count > self.expected_points:
-            raise CensusError(f"{self.origin}'s set was announced with {self.expected_points} "
-                              f"points; more arrived")
+            raise OverlapError(
+                f"{self.origin}'s set was announced with {self.expected_points} "
+                f"points; more arrived"
+            )
         points = group.split_points(batch)
         try:
             raised = b"".join(group.exponentiate(points, self._key, workers=self._workers))
@@ -232,10 +236,12 @@ class RelayHop:
 
     def finish(self) -> list[bytes]:
         if self._finished:
-            raise CensusError(f"the hop over {self.origin}'s set has already finished")
+            raise OverlapError(f"the hop over {self.origin}'s set has already finished")
         if self._received != self.expected_points:
-            raise CensusError(f"{self.origin}'s set was announced with {self.expected_points} "
-                              f"points; {self._received} arrived")
+            raise OverlapError(
+                f"{self.origin}'s set was announced with {self.expected_points} "
+                f"points; {self._received} arrived"
+            )
         self._finished = True
         if not self.shuffle:
             return []
@@ -258,15 +264,21 @@ class SharedItem:
     partners: frozenset[str]
 
 
-class CensusParty:
-    """A node's side of one census: a fresh key, its own shuffled set, its relay hops.
+class OverlapParty:
+    """A node's side of one overlap: a fresh key, its own shuffled set, its relay hops.
 
     The key is drawn here and lives only as long as this object (``close``
-    drops it): no other census and no membership epoch can reuse it.
+    drops it): no other overlap and no membership epoch can reuse it.
     """
 
-    def __init__(self, plan: CensusPlan, jurisdiction: str, items: Iterable[bytes], *,
-                 workers: int | None = None) -> None:
+    def __init__(
+        self,
+        plan: OverlapPlan,
+        jurisdiction: str,
+        items: Iterable[bytes],
+        *,
+        workers: int | None = None,
+    ) -> None:
         self.plan = plan
         self.jurisdiction = jurisdiction
         self._bit = plan.index(jurisdiction)
@@ -281,21 +293,21 @@ class CensusParty:
         self._relayed: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"CensusParty({self.jurisdiction!r}, <{len(self._order)} items>)"
+        return f"OverlapParty({self.jurisdiction!r}, <{len(self._order)} items>)"
 
     @property
     def size(self) -> int:
         """How many distinct items this node contributes (announced to all: a known leak)."""
         return len(self._order)
 
-    def _census_key(self) -> bytes:
+    def _overlap_key(self) -> bytes:
         if self._key is None:
-            raise CensusError(f"census {self.plan.census_id} is closed at {self.jurisdiction}")
+            raise OverlapError(f"overlap {self.plan.overlap_id} is closed at {self.jurisdiction}")
         return self._key
 
     def initial_batches(self) -> Iterator[bytes]:
         """``H(y)^k`` over the own set, in the node's private random order, batch by batch."""
-        key = self._census_key()
+        key = self._overlap_key()
         for start in range(0, len(self._order), POINTS_PER_BATCH):
             chunk = self._order[start : start + POINTS_PER_BATCH]
             yield b"".join(group.blind_items(chunk, key, dst=OVERLAP_DST, workers=self._workers))
@@ -303,40 +315,51 @@ class CensusParty:
     def relay_hop(self, origin: str, expected_points: int) -> RelayHop:
         """Start this node's one pass over ``origin``'s set (refused twice, or for its own)."""
         if origin == self.jurisdiction:
-            raise CensusError(f"{self.jurisdiction} does not relay its own set")
+            raise OverlapError(f"{self.jurisdiction} does not relay its own set")
         self.plan.hop_of(self.jurisdiction, origin)  # origin must be on the roster
         if origin in self._relayed:
-            raise CensusError(f"{self.jurisdiction} has already relayed {origin}'s set "
-                              f"in census {self.plan.census_id}")
+            raise OverlapError(
+                f"{self.jurisdiction} has already relayed {origin}'s set "
+                f"in overlap {self.plan.overlap_id}"
+            )
         if expected_points < 0:
-            raise CensusError(f"a set cannot have {expected_points} points")
+            raise OverlapError(f"a set cannot have {expected_points} points")
         self._relayed.add(origin)
-        return RelayHop(self._census_key(), origin=origin, expected_points=expected_points,
-                        shuffle=not self.plan.reveal, workers=self._workers)
+        return RelayHop(
+            self._overlap_key(),
+            origin=origin,
+            expected_points=expected_points,
+            shuffle=not self.plan.reveal,
+            workers=self._workers,
+        )
 
     def learn_shared(self, notices: Iterable[bytes]) -> list[SharedItem]:
         """Turn the coordinator's notices into own records and the partners holding them."""
         if not self.plan.reveal:
-            raise CensusError(f"census {self.plan.census_id} does not reveal items to owners")
+            raise OverlapError(f"overlap {self.plan.overlap_id} does not reveal items to owners")
         allowed = ((1 << len(self.plan.roster)) - 1) & ~(1 << self._bit)
         shared: dict[int, int] = {}
         for notice in notices:
             if len(notice) % NOTICE_BYTES:
-                raise CensusError(f"a shared notice is a multiple of {NOTICE_BYTES} bytes")
+                raise OverlapError(f"a shared notice is a multiple of {NOTICE_BYTES} bytes")
             for position, mask in _NOTICE.iter_unpack(notice):
                 if position >= len(self._order):
-                    raise CensusError(f"notice names position {position} of {len(self._order)}")
+                    raise OverlapError(f"notice names position {position} of {len(self._order)}")
                 if mask == 0 or mask & ~allowed:
-                    raise CensusError(f"notice for position {position} has partner mask "
-                                      f"{mask:#x}, outside the roster or naming this node")
+                    raise OverlapError(
+                        f"notice for position {position} has partner mask "
+                        f"{mask:#x}, outside the roster or naming this node"
+                    )
                 if position in shared:
-                    raise CensusError(f"position {position} appears twice in the notices")
+                    raise OverlapError(f"position {position} appears twice in the notices")
                 shared[position] = mask
-        return [SharedItem(self._order[position], self.plan.members(mask))
-                for position, mask in sorted(shared.items())]
+        return [
+            SharedItem(self._order[position], self.plan.members(mask))
+            for position, mask in sorted(shared.items())
+        ]
 
     def close(self) -> None:
-        """Forget the key and the order: nothing under this census can be produced again."""
+        """Forget the key and the order: nothing under this overlap can be produced again."""
         self._key = None
         self._order = []
 
@@ -353,14 +376,14 @@ class _Counted:
     offsets: list[int]  # start of each origin's run in ``masks``
 
 
-class CensusTally:
+class OverlapTally:
     """The coordinator's count: for each final point, the set of origins that hold it.
 
     Only ``DIGEST_BYTES`` of each final point are kept (16 bytes per point and
     no Python object per point); counting sorts them with numpy.
     """
 
-    def __init__(self, plan: CensusPlan) -> None:
+    def __init__(self, plan: OverlapPlan) -> None:
         self.plan = plan
         self._digests: dict[str, bytearray] = {code: bytearray() for code in plan.roster}
         self._closed: set[str] = set()
@@ -370,7 +393,7 @@ class CensusTally:
         """One batch of ``origin``'s fully blinded set, in the order the last hop sent it."""
         self.plan.index(origin)
         if origin in self._closed:
-            raise CensusError(f"{origin}'s set is already complete")
+            raise OverlapError(f"{origin}'s set is already complete")
         count = _check_batch(batch)
         rows = np.frombuffer(batch, dtype=np.uint8).reshape(count, group.POINT_BYTES)
         # Cheap checks only: nobody exponentiates a final point again, so a
@@ -389,8 +412,9 @@ class CensusTally:
         """Mark ``origin``'s set complete; its final count must equal its announced size."""
         got = len(self._digests[origin]) // DIGEST_BYTES
         if got != expected_points:
-            raise CensusError(f"{origin}'s set came back with {got} points, "
-                              f"{expected_points} were sent")
+            raise OverlapError(
+                f"{origin}'s set came back with {got} points, {expected_points} were sent"
+            )
         self._closed.add(origin)
 
     def set_size(self, origin: str) -> int:
@@ -480,8 +504,10 @@ class CensusTally:
     def shared_masks(self, origin: str) -> npt.NDArray[np.uint64]:
         """Per position of ``origin``'s final set, the mask of the other origins holding it."""
         if not self.plan.reveal:
-            raise CensusError(f"census {self.plan.census_id} does not reveal items to owners: "
-                              "the relays shuffled, positions mean nothing")
+            raise OverlapError(
+                f"overlap {self.plan.overlap_id} does not reveal items to owners: "
+                "the relays shuffled, positions mean nothing"
+            )
         bit = self.plan.index(origin)
         counted = self._count()
         masks = counted.masks[counted.offsets[bit] : counted.offsets[bit + 1]]
@@ -515,24 +541,25 @@ def _cohort(count: int, min_cohort: int) -> GroupCount:
 # --------------------------------------------------------------------------- schedule
 
 
-class CensusPeer(Protocol):
+class OverlapPeer(Protocol):
     """How the coordinator reaches one participant: in memory here, over gRPC later."""
 
     @property
     def jurisdiction(self) -> str: ...
 
-    def open(self, plan: CensusPlan) -> int:
-        """Join the census (node draws its key); returns the size of its set."""
+    def open(self, plan: OverlapPlan) -> int:
+        """Join the overlap (node draws its key); returns the size of its set."""
         ...
 
-    def initial(self, census_id: str) -> Iterator[bytes]: ...
+    def initial(self, overlap_id: str) -> Iterator[bytes]: ...
 
-    def relay(self, census_id: str, origin: str, expected_points: int,
-              incoming: Iterator[bytes]) -> Iterator[bytes]: ...
+    def relay(
+        self, overlap_id: str, origin: str, expected_points: int, incoming: Iterator[bytes]
+    ) -> Iterator[bytes]: ...
 
-    def deliver_shared(self, census_id: str, notices: Iterable[bytes]) -> None: ...
+    def deliver_shared(self, overlap_id: str, notices: Iterable[bytes]) -> None: ...
 
-    def close(self, census_id: str) -> None: ...
+    def close(self, overlap_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -549,35 +576,53 @@ class Relayed:
 Observer = Callable[[Relayed], None]
 
 
-def _tap(stream: Iterable[bytes], observe: Observer | None, sender: str, receiver: str,
-         origin: str, hop: int) -> Iterator[bytes]:
+def _tap(
+    stream: Iterable[bytes],
+    observe: Observer | None,
+    sender: str,
+    receiver: str,
+    origin: str,
+    hop: int,
+) -> Iterator[bytes]:
     for batch in stream:
         if observe is not None:
             observe(Relayed(sender, receiver, origin, hop, batch))
         yield batch
 
 
-def run_census(plan: CensusPlan, peers: Mapping[str, CensusPeer], *,
-               observe: Observer | None = None, concurrent: bool = False) -> CensusTally:
+def run_overlap(
+    plan: OverlapPlan,
+    peers: Mapping[str, OverlapPeer],
+    *,
+    observe: Observer | None = None,
+    concurrent: bool = False,
+) -> OverlapTally:
     """The coordinator's schedule: every set around its ring into the tally, then notices.
 
     Each set is streamed hop to hop without the coordinator holding it. With
     ``concurrent``, every origin's route runs on its own thread, so in each
     round every node is relaying one set (``plan.rounds()``) while its own set
-    travels elsewhere; the first failure stops the census and closes it on every
+    travels elsewhere; the first failure stops the overlap and closes it on every
     participant.
     """
     sizes = {code: peers[code].open(plan) for code in plan.roster}
-    tally = CensusTally(plan)
+    tally = OverlapTally(plan)
     counting = threading.Lock()
 
     def route_one(origin: str, hops: list[str]) -> None:
-        stream: Iterator[bytes] = _tap(peers[origin].initial(plan.census_id), observe,
-                                       origin, "coordinator", origin, 1)
+        stream: Iterator[bytes] = _tap(
+            peers[origin].initial(plan.overlap_id), observe, origin, "coordinator", origin, 1
+        )
         for depth, relay in enumerate(hops, start=1):
             to_relay = _tap(stream, observe, "coordinator", relay, origin, depth)
-            stream = _tap(peers[relay].relay(plan.census_id, origin, sizes[origin], to_relay),
-                          observe, relay, "coordinator", origin, depth + 1)
+            stream = _tap(
+                peers[relay].relay(plan.overlap_id, origin, sizes[origin], to_relay),
+                observe,
+                relay,
+                "coordinator",
+                origin,
+                depth + 1,
+            )
         for batch in stream:
             with counting:
                 tally.add_final(origin, batch)
@@ -587,7 +632,7 @@ def run_census(plan: CensusPlan, peers: Mapping[str, CensusPeer], *,
     try:
         routes = plan_route(plan.roster)
         if concurrent:
-            pool = ThreadPoolExecutor(max_workers=len(routes), thread_name_prefix="census")
+            pool = ThreadPoolExecutor(max_workers=len(routes), thread_name_prefix="overlap")
             try:
                 futures = [pool.submit(route_one, origin, hops) for origin, hops in routes]
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -601,12 +646,18 @@ def run_census(plan: CensusPlan, peers: Mapping[str, CensusPeer], *,
                 route_one(origin, hops)
         if plan.reveal:
             for origin in plan.roster:
-                notices = _tap(tally.shared_notices(origin), observe, "coordinator", origin,
-                               origin, len(plan.roster))
-                peers[origin].deliver_shared(plan.census_id, notices)
+                notices = _tap(
+                    tally.shared_notices(origin),
+                    observe,
+                    "coordinator",
+                    origin,
+                    origin,
+                    len(plan.roster),
+                )
+                peers[origin].deliver_shared(plan.overlap_id, notices)
     finally:
         for code in plan.roster:
-            peers[code].close(plan.census_id)
+            peers[code].close(plan.overlap_id)
     return tally
 
 
@@ -618,37 +669,39 @@ class InProcessPeer:
     items: Sequence[bytes]
     workers: int | None = None
     shared: list[SharedItem] = field(default_factory=list)
-    party: CensusParty | None = field(default=None, repr=False)
+    party: OverlapParty | None = field(default=None, repr=False)
 
-    def open(self, plan: CensusPlan) -> int:
-        self.party = CensusParty(plan, self.jurisdiction, self.items, workers=self.workers)
+    def open(self, plan: OverlapPlan) -> int:
+        self.party = OverlapParty(plan, self.jurisdiction, self.items, workers=self.workers)
         return self.party.size
 
-    def _party(self, census_id: str) -> CensusParty:
-        if self.party is None or self.party.plan.census_id != census_id:
-            raise CensusError(f"{self.jurisdiction} has no open census {census_id}")
+    def _party(self, overlap_id: str) -> OverlapParty:
+        if self.party is None or self.party.plan.overlap_id != overlap_id:
+            raise OverlapError(f"{self.jurisdiction} has no open overlap {overlap_id}")
         return self.party
 
-    def initial(self, census_id: str) -> Iterator[bytes]:
-        return self._party(census_id).initial_batches()
+    def initial(self, overlap_id: str) -> Iterator[bytes]:
+        return self._party(overlap_id).initial_batches()
 
-    def relay(self, census_id: str, origin: str, expected_points: int,
-              incoming: Iterator[bytes]) -> Iterator[bytes]:
-        return self._party(census_id).relay_hop(origin, expected_points).run(incoming)
+    def relay(
+        self, overlap_id: str, origin: str, expected_points: int, incoming: Iterator[bytes]
+    ) -> Iterator[bytes]:
+        return self._party(overlap_id).relay_hop(origin, expected_points).run(incoming)
 
-    def deliver_shared(self, census_id: str, notices: Iterable[bytes]) -> None:
-        self.shared = self._party(census_id).learn_shared(notices)
+    def deliver_shared(self, overlap_id: str, notices: Iterable[bytes]) -> None:
+        self.shared = self._party(overlap_id).learn_shared(notices)
 
-    def close(self, census_id: str) -> None:
-        if self.party is not None and self.party.plan.census_id == census_id:
+    def close(self, overlap_id: str) -> None:
+        if self.party is not None and self.party.plan.overlap_id == overlap_id:
             self.party.close()
 
 
 # --------------------------------------------------------------------------- benchmark
 
 
-def synthetic_sets(n_nodes: int, n_items: int, *, shared_fraction: float = 0.1,
-                   seed: int = 1) -> dict[str, list[bytes]]:
+def synthetic_sets(
+    n_nodes: int, n_items: int, *, shared_fraction: float = 0.1, seed: int = 1
+) -> dict[str, list[bytes]]:
     """Wallet-like sets with planted overlaps: about ``shared_fraction`` of each set is shared.
 
     Item ``j`` of the shared pool is held by the nodes whose bit is set in
@@ -672,23 +725,27 @@ def synthetic_sets(n_nodes: int, n_items: int, *, shared_fraction: float = 0.1,
     return sets
 
 
-def measure(n_nodes: int, n_items: int, *, reveal: bool = True,
-            workers: int | None = None) -> dict[str, float]:
-    """One in-process census of ``n_nodes`` x ``n_items``; seconds, rates and peak memory.
+def measure(
+    n_nodes: int, n_items: int, *, reveal: bool = True, workers: int | None = None
+) -> dict[str, float]:
+    """One in-process overlap of ``n_nodes`` x ``n_items``; seconds, rates and peak memory.
 
     All nodes share this machine's cores, so ``total_seconds`` is the sum of
     every node's work; in a federation each node's share runs on its own host.
     """
     sets = synthetic_sets(n_nodes, n_items)
     peers = {code: InProcessPeer(code, items, workers=workers) for code, items in sets.items()}
-    plan = CensusPlan.new(list(sets), reveal=reveal)
-    group.exponentiate([group.hash_to_group(b"warm-up", OVERLAP_DST)] * 2 * 20_001,
-                       group.random_scalar(), workers=workers)  # start the pool outside the clock
+    plan = OverlapPlan.new(list(sets), reveal=reveal)
+    group.exponentiate(
+        [group.hash_to_group(b"warm-up", OVERLAP_DST)] * 2 * 20_001,
+        group.random_scalar(),
+        workers=workers,
+    )  # start the pool outside the clock
     exponentiations = n_nodes * n_nodes * n_items
     started = time.perf_counter()
-    tally = run_census(plan, peers)
-    census_seconds = time.perf_counter() - started
-    tally._counted = None  # time the count on its own, not from run_census's cache
+    tally = run_overlap(plan, peers)
+    overlap_seconds = time.perf_counter() - started
+    tally._counted = None  # time the count on its own, not from run_overlap's cache
     started = time.perf_counter()
     tally.groups()
     tally.pairwise()
@@ -698,9 +755,9 @@ def measure(n_nodes: int, n_items: int, *, reveal: bool = True,
         "items_per_node": float(n_items),
         "reveal": float(reveal),
         "scalar_multiplications": float(exponentiations),
-        "census_seconds": round(census_seconds, 3),
-        "count_seconds": round(count_seconds, 3),  # tally only, also inside census_seconds
-        "multiplications_per_second": round(exponentiations / census_seconds),
+        "overlap_seconds": round(overlap_seconds, 3),
+        "count_seconds": round(count_seconds, 3),  # tally only, also inside overlap_seconds
+        "multiplications_per_second": round(exponentiations / overlap_seconds),
         # Each set goes up once, then down and up again at each of n-1 hops.
         "point_bytes_via_coordinator": float(
             n_nodes * n_items * (2 * n_nodes - 1) * group.POINT_BYTES

@@ -47,8 +47,15 @@ PENDING_SECONDS = 300
 MAX_PENDING = 64
 SPOT_CHECKS = 8
 _INTEGER_TYPES = {
-    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
-    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
 }
 _DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
 
@@ -112,8 +119,9 @@ def _values_by_key(
     return {str(row[0]): tuple(int(v) for v in row[1:]) for row in rows}
 
 
-def load_aggregate_table(database: NodeDatabase, dataset: DatasetConfig, epoch: Epoch
-                         ) -> AggregateTable:
+def load_aggregate_table(
+    database: NodeDatabase, dataset: DatasetConfig, epoch: Epoch
+) -> AggregateTable:
     """Tags and row-ordered columns of ``epoch``; raises AggregateUnavailable when out of step."""
     if dataset.kind != "wallet":
         raise AggregateUnavailable(
@@ -128,8 +136,11 @@ def load_aggregate_table(database: NodeDatabase, dataset: DatasetConfig, epoch: 
                 f"dataset {dataset.name!r} changed since epoch {epoch.epoch_id}; "
                 "retry once the node has started its next epoch"
             )
-        row = first_row(con, "SELECT table_points FROM epochs WHERE dataset = ? AND epoch_id = ?",
-                        [dataset.name, epoch.epoch_id])
+        row = first_row(
+            con,
+            "SELECT table_points FROM epochs WHERE dataset = ? AND epoch_id = ?",
+            [dataset.name, epoch.epoch_id],
+        )
         try:
             items = dataset_items(con, dataset)
             decimals = _column_decimals(con.sql(dataset.sql), dataset)
@@ -166,8 +177,9 @@ def load_aggregate_table(database: NodeDatabase, dataset: DatasetConfig, epoch: 
     )
 
 
-def _spot_check(table: Sequence[bytes], items: Sequence[bytes], order: Sequence[int],
-                key: bytes) -> bool:
+def _spot_check(
+    table: Sequence[bytes], items: Sequence[bytes], order: Sequence[int], key: bytes
+) -> bool:
     if not items:
         return True
     rows = [secrets.randbelow(len(items)) for _ in range(SPOT_CHECKS)]
@@ -206,8 +218,9 @@ def _minor_units(value: float, decimals: int, rounding: str) -> int:
     return int(Decimal(str(value)).scaleb(decimals).to_integral_value(rounding=rounding))
 
 
-def plan_figures(grant: Grant, table: AggregateTable, columns: Sequence[str], epsilon: float
-                 ) -> list[FigurePlan]:
+def plan_figures(
+    grant: Grant, table: AggregateTable, columns: Sequence[str], epsilon: float
+) -> list[FigurePlan]:
     """The match count and each column, clipped per the grant, with ε split evenly among them.
 
     ``epsilon`` is the privacy loss of the whole query (what the budget is charged);
@@ -224,8 +237,10 @@ def plan_figures(grant: Grant, table: AggregateTable, columns: Sequence[str], ep
             )
         bounds = None
         if written is not None:
-            bounds = (_minor_units(written[0], decimals, ROUND_CEILING),
-                      _minor_units(written[1], decimals, ROUND_FLOOR))
+            bounds = (
+                _minor_units(written[0], decimals, ROUND_CEILING),
+                _minor_units(written[1], decimals, ROUND_FLOOR),
+            )
         sensitivity = dp.sensitivity(*bounds) if bounds is not None else 1
         try:
             spec = dp.noise_spec(sensitivity, share, noise=grant.noise)
@@ -235,9 +250,11 @@ def plan_figures(grant: Grant, table: AggregateTable, columns: Sequence[str], ep
             ) from None
         plans.append(FigurePlan(column, decimals, bounds, spec))
     for plan in plans:
-        reach = (len(table.columns[plan.figure]) * max(abs(plan.bounds[0]), abs(plan.bounds[1]))
-                 if plan.bounds is not None and plan.figure != COUNT_COLUMN
-                 else table.bound.get(plan.figure, table.row_count))
+        reach = (
+            len(table.columns[plan.figure]) * max(abs(plan.bounds[0]), abs(plan.bounds[1]))
+            if plan.bounds is not None and plan.figure != COUNT_COLUMN
+            else table.bound.get(plan.figure, table.row_count)
+        )
         if reach + 40 * plan.noise.scale > EXACT_LIMIT:
             raise AggregateUnavailable(
                 f"column {plan.figure!r} could sum beyond the exact range of the encryption "

@@ -169,9 +169,7 @@ class AuditLog:
         digest = entry_hash(entry)
         entry["hash"] = digest
         entry["signature"] = sign(self._key_pem, bytes.fromhex(digest)).hex()
-        line = (
-            json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
-        )
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
         try:
             fd = os.open(trail, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
@@ -181,9 +179,7 @@ class AuditLog:
                 os.close(fd)
             self._write_head(entry)
         except OSError as exc:
-            raise AuditError(
-                f"{trail}: cannot append to the audit trail: {exc.strerror}"
-            ) from None
+            raise AuditError(f"{trail}: cannot append to the audit trail: {exc.strerror}") from None
         return entry
 
     def _write_head(self, entry: Mapping[str, Any]) -> None:

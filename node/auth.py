@@ -81,19 +81,22 @@ class IdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
         if self._audit is not None:
             try:
-                self._audit.append("peer-refused", {
-                    "peer": {
-                        "jurisdiction": identity.jurisdiction,
-                        "role": identity.role,
-                        "subject": identity.subject,
-                        "serial": identity.serial,
-                        "fingerprint_sha256": identity.fingerprint_sha256,
+                self._audit.append(
+                    "peer-refused",
+                    {
+                        "peer": {
+                            "jurisdiction": identity.jurisdiction,
+                            "role": identity.role,
+                            "subject": identity.subject,
+                            "serial": identity.serial,
+                            "fingerprint_sha256": identity.fingerprint_sha256,
+                        },
+                        "method": method,
+                        "outcome": "refused",
+                        "code": grpc.StatusCode.UNAUTHENTICATED.name,
+                        "reason": reason,
                     },
-                    "method": method,
-                    "outcome": "refused",
-                    "code": grpc.StatusCode.UNAUTHENTICATED.name,
-                    "reason": reason,
-                })
+                )
             except AuditError as exc:
                 log.error("revoked peer refused and not audited: %s", exc)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)

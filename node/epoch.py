@@ -155,8 +155,18 @@ def current_epoch(
             con.execute("DELETE FROM epochs WHERE dataset = ?", [dataset.name])
             con.execute(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [dataset.name, epoch.epoch_id, now, version, definition, key, len(items),
-                 b"".join(table), filter_.data, filter_.remainder_bits],
+                [
+                    dataset.name,
+                    epoch.epoch_id,
+                    now,
+                    version,
+                    definition,
+                    key,
+                    len(items),
+                    b"".join(table),
+                    filter_.data,
+                    filter_.remainder_bits,
+                ],
             )
             con.execute("COMMIT")
         except BaseException:
@@ -166,8 +176,9 @@ def current_epoch(
     return epoch
 
 
-def epoch_is_current(database: NodeDatabase, epoch: Epoch, dataset: DatasetConfig,
-                     epoch_hours: float) -> bool:
+def epoch_is_current(
+    database: NodeDatabase, epoch: Epoch, dataset: DatasetConfig, epoch_hours: float
+) -> bool:
     """Cheap check for the server's refresher: same data, same definition, not expired."""
     with database.session() as con:
         version = data_version(con)

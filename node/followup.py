@@ -64,10 +64,30 @@ CREATE TABLE IF NOT EXISTS followup_requests (
     policy_version VARCHAR NOT NULL, grant_index INTEGER NOT NULL, nonce VARCHAR NOT NULL);
 """
 _COLUMNS = (
-    "request_id", "kind", "partner", "partner_subject", "case_ref", "legal_basis", "reason",
-    "dataset", "item", "fields_asked", "preservation_days", "submitted_at", "deadline", "state",
-    "decided_at", "decided_by", "decision_reason", "fields_disclosed", "fields_withheld",
-    "disclosed", "preserved_until", "policy_version", "grant_index", "nonce",
+    "request_id",
+    "kind",
+    "partner",
+    "partner_subject",
+    "case_ref",
+    "legal_basis",
+    "reason",
+    "dataset",
+    "item",
+    "fields_asked",
+    "preservation_days",
+    "submitted_at",
+    "deadline",
+    "state",
+    "decided_at",
+    "decided_by",
+    "decision_reason",
+    "fields_disclosed",
+    "fields_withheld",
+    "disclosed",
+    "preserved_until",
+    "policy_version",
+    "grant_index",
+    "nonce",
 )
 _JSON_COLUMNS = ("fields_asked", "fields_disclosed", "fields_withheld", "disclosed")
 _writes = threading.Lock()  # one writer per process: DuckDB aborts conflicting transactions
@@ -143,8 +163,16 @@ def _insert(con: duckdb.DuckDBPyConnection, row: FollowUpRow) -> None:
 
 def _update(con: duckdb.DuckDBPyConnection, row: FollowUpRow, expected_state: str) -> bool:
     """Write a decision if the row is still in `expected_state`; False when it moved meanwhile."""
-    changed = ("state", "decided_at", "decided_by", "decision_reason", "fields_disclosed",
-               "fields_withheld", "disclosed", "preserved_until")
+    changed = (
+        "state",
+        "decided_at",
+        "decided_by",
+        "decision_reason",
+        "fields_disclosed",
+        "fields_withheld",
+        "disclosed",
+        "preserved_until",
+    )
     values = [
         json.dumps(getattr(row, c), ensure_ascii=False) if c in _JSON_COLUMNS else getattr(row, c)
         for c in changed
@@ -333,9 +361,7 @@ def new_request_id() -> str:
     return "RQ-" + secrets.token_hex(5).upper()
 
 
-def submit(
-    database: NodeDatabase, submission: Submission, now: dt.datetime
-) -> FollowUpRow:
+def submit(database: NodeDatabase, submission: Submission, now: dt.datetime) -> FollowUpRow:
     """Record a follow-up: no-record at once, approved at once (automatic), or pending."""
     s = submission
     base = FollowUpRow(
@@ -368,11 +394,22 @@ def submit(
         ensure_schema(con)
         held = lookup(con, s.dataset, s.item, s.fields_asked if s.kind == KIND_DISCLOSE else ())
         if not held:
-            row = replace(base, state=NO_RECORD, decided_at=iso(now), decided_by="policy",
-                          decision_reason="the node holds no record of this item")
+            row = replace(
+                base,
+                state=NO_RECORD,
+                decided_at=iso(now),
+                decided_by="policy",
+                decision_reason="the node holds no record of this item",
+            )
         elif s.automatic:
-            row = _decided(base, held, list(s.fields_asked), "policy",
-                           "approved automatically by the node's policy", now)
+            row = _decided(
+                base,
+                held,
+                list(s.fields_asked),
+                "policy",
+                "approved automatically by the node's policy",
+                now,
+            )
         else:
             deadline = (
                 iso(now + dt.timedelta(days=s.answer_within_days))
@@ -396,12 +433,21 @@ def _decided(
     state = PARTLY_APPROVED if withheld else APPROVED
     if row.kind == KIND_PRESERVE:
         return replace(
-            row, state=APPROVED, decided_at=iso(now), decided_by=by, decision_reason=reason,
+            row,
+            state=APPROVED,
+            decided_at=iso(now),
+            decided_by=by,
+            decision_reason=reason,
             preserved_until=iso(now + dt.timedelta(days=row.preservation_days)),
         )
     return replace(
-        row, state=state, decided_at=iso(now), decided_by=by, decision_reason=reason,
-        fields_disclosed=list(fields), fields_withheld=withheld,
+        row,
+        state=state,
+        decided_at=iso(now),
+        decided_by=by,
+        decision_reason=reason,
+        fields_disclosed=list(fields),
+        fields_withheld=withheld,
         disclosed=[{f: record[f] for f in fields if f in record} for record in held],
     )
 
@@ -419,7 +465,10 @@ def expire_overdue(database: NodeDatabase, now: dt.datetime) -> list[FollowUpRow
         for row in select_rows(con, pending_only=True):
             if row.overdue(now):
                 expired = replace(
-                    row, state=EXPIRED, decided_at=row.deadline, decided_by="deadline",
+                    row,
+                    state=EXPIRED,
+                    decided_at=row.deadline,
+                    decided_by="deadline",
                     decision_reason=f"not answered by the deadline {row.deadline}",
                 )
                 if _update(con, expired, PENDING):
@@ -493,23 +542,32 @@ def approve(
         held = lookup(con, dataset, row.item, chosen if row.kind == KIND_DISCLOSE else ())
         decided = _decided(row, held, chosen, "officer", reason or "approved by the officer", now)
         if not held:
-            decided = replace(decided, state=NO_RECORD, fields_disclosed=[], disclosed=[],
-                              fields_withheld=[], preserved_until="",
-                              decision_reason="the node no longer holds a record of this item")
+            decided = replace(
+                decided,
+                state=NO_RECORD,
+                fields_disclosed=[],
+                disclosed=[],
+                fields_withheld=[],
+                preserved_until="",
+                decision_reason="the node no longer holds a record of this item",
+            )
         if not _update(con, decided, PENDING):
             raise FollowUpError(f"request {request_id} was decided meanwhile; list it again")
     return decided
 
 
-def refuse(
-    database: NodeDatabase, request_id: str, reason: str, now: dt.datetime
-) -> FollowUpRow:
+def refuse(database: NodeDatabase, request_id: str, reason: str, now: dt.datetime) -> FollowUpRow:
     if not reason.strip():
         raise FollowUpError("a refusal needs its reason: pass --reason TEXT")
     row = find(database, request_id)
     _pending(row)
-    decided = replace(row, state=REFUSED, decided_at=iso(now), decided_by="officer",
-                      decision_reason=reason.strip())
+    decided = replace(
+        row,
+        state=REFUSED,
+        decided_at=iso(now),
+        decided_by="officer",
+        decision_reason=reason.strip(),
+    )
     with _writes, database.session() as con:
         if not _update(con, decided, PENDING):
             raise FollowUpError(f"request {request_id} was decided meanwhile; list it again")

@@ -71,8 +71,14 @@ def list_requests(
         documents = followup.rows_json(rows, moment)
         for document in documents:
             document["expired_now"] = document["request_id"] in expired
-        return json.dumps({"node": desk.config.jurisdiction, "requests": documents},
-                          indent=2, ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                {"node": desk.config.jurisdiction, "requests": documents},
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     return _table(desk.config.jurisdiction, rows, expired, pending_only)
 
 
@@ -88,15 +94,35 @@ def _table(
     console = Console(file=io.StringIO(), width=160, force_terminal=False, color_system=None)
     title = f"follow-up requests at {jurisdiction}" + (" · pending only" if pending else "")
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
-    for column in ("id", "state", "partner", "case", "legal basis", "dataset", "item", "asks",
-                   "submitted", "deadline"):
+    for column in (
+        "id",
+        "state",
+        "partner",
+        "case",
+        "legal basis",
+        "dataset",
+        "item",
+        "asks",
+        "submitted",
+        "deadline",
+    ):
         table.add_column(column, overflow="fold")
     for row in rows:
         state = state_label(row.state)
         if row.request_id in expired:
             state = "EXPIRED (deadline passed unanswered)"
-        table.add_row(row.request_id, state, row.partner, row.case_ref, row.legal_basis,
-                      row.dataset, row.item, _asked(row), row.submitted_at, row.deadline or "-")
+        table.add_row(
+            row.request_id,
+            state,
+            row.partner,
+            row.case_ref,
+            row.legal_basis,
+            row.dataset,
+            row.item,
+            _asked(row),
+            row.submitted_at,
+            row.deadline or "-",
+        )
     console.print(table)
     if not rows:
         console.print("no follow-up requests" + (" pending" if pending else ""))

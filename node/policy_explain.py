@@ -22,7 +22,7 @@ _LEARNS = {
     Level.MEMBERSHIP: "which of its watchlist items {j} holds (and so how many)",
     Level.DISCLOSURE_REQUEST: "which of its watchlist items {j} holds, and it may follow a hit up "
     "with a disclosure or preservation request by case reference",
-    Level.OVERLAP: "in the overlap census, how many items {j} shares with each group of "
+    Level.OVERLAP: "in the overlap query, how many items {j} shares with each group of "
     "jurisdictions, never which",
 }
 
@@ -148,7 +148,7 @@ def _may_not(grants: Sequence[Grant], jurisdiction: str) -> list[str]:
     ):
         out.append("obtain sums or counts of any column (no aggregate grant)")
     if Level.OVERLAP not in levels:
-        out.append("include this dataset in an overlap census")
+        out.append("include this dataset in an overlap query")
     if top is None:
         out.insert(0, "run a match query at all")
     return out
@@ -381,7 +381,7 @@ def diff(old: Policy, new: Policy) -> str:
 def _level_change(before: Access, after: Access) -> str:
     def name(access: Access) -> str:
         if access.level is None:
-            return "overlap census only" if access.facts.get("overlap") else "nothing"
+            return "overlap query only" if access.facts.get("overlap") else "nothing"
         return access.level.label
 
     if not before.facts:

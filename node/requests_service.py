@@ -75,8 +75,15 @@ def submit_follow_up(
             grpc.StatusCode.INVALID_ARGUMENT,
             "a follow-up request must be a disclosure or a preservation request",
         )
-        gate.refuse(identity, QueryKind.DISCLOSE, refusal, dataset=request.dataset,
-                    context=context, item_count=1, asked=Level.DISCLOSURE_REQUEST)
+        gate.refuse(
+            identity,
+            QueryKind.DISCLOSE,
+            refusal,
+            dataset=request.dataset,
+            context=context,
+            item_count=1,
+            asked=Level.DISCLOSURE_REQUEST,
+        )
         refusal.audited = True
         raise refusal
     kind, query_kind = kinds
@@ -101,8 +108,9 @@ def submit_follow_up(
         refusal.audited = True
         raise
     except BaseException:
-        gate.settle(admission, Outcome.FAILED, reason="internal error",
-                    code=grpc.StatusCode.INTERNAL)
+        gate.settle(
+            admission, Outcome.FAILED, reason="internal error", code=grpc.StatusCode.INTERNAL
+        )
         raise
     try:  # audited before the answer leaves; an unaudited request is not kept either
         gate.settle(admission, Outcome.ANSWERED, details=followup.audit_fields(row))
@@ -221,8 +229,12 @@ def follow_up_status(
             )
         state.gate.audit.append(
             "request-status",
-            {"peer": peer_fields(identity), "case_ref": request.case_ref,
-             "requests": [r.request_id for r in rows], "outcome": "answered"},
+            {
+                "peer": peer_fields(identity),
+                "case_ref": request.case_ref,
+                "requests": [r.request_id for r in rows],
+                "outcome": "answered",
+            },
         )
     except AuditError as exc:
         log.error("audit trail not writable, status refused: %s", exc)
@@ -256,12 +268,21 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         try:
             row = submit_follow_up(self._state, identity, request, now)
         except QueryRefused as exc:
-            log.info("follow-up refused: partner=%s code=%s reason=%s",
-                     identity.jurisdiction, exc.code.name, exc)
+            log.info(
+                "follow-up refused: partner=%s code=%s reason=%s",
+                identity.jurisdiction,
+                exc.code.name,
+                exc,
+            )
             context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
-        log.info("follow-up %s recorded: partner=%s kind=%s state=%s",
-                 row.request_id, identity.jurisdiction, row.kind, row.state)
+        log.info(
+            "follow-up %s recorded: partner=%s kind=%s state=%s",
+            row.request_id,
+            identity.jurisdiction,
+            row.kind,
+            row.state,
+        )
         record = followup.record_of(row, self._state.config.jurisdiction, now)
         return signed_record(self._state, record)
 

@@ -25,11 +25,11 @@ from node.aggregate_service import SERVICE_NAME as AGGREGATE_SERVICE_NAME
 from node.aggregate_service import AggregateServicer
 from node.audit import AUDIT_DIR, AuditLog
 from node.auth import IdentityInterceptor
-from node.census_service import SERVICE_NAME as CENSUS_SERVICE_NAME
-from node.census_service import CensusServicer
 from node.config import NodeConfig, load_node_config, parse_listen
 from node.epoch import DatasetError, current_epoch, epoch_is_current
 from node.gate import Gate
+from node.overlap_service import SERVICE_NAME as OVERLAP_SERVICE_NAME
+from node.overlap_service import OverlapServicer
 from node.policy import load_policy
 from node.replay import replay_guard
 from node.requests_service import SERVICE_NAME as REQUEST_SERVICE_NAME
@@ -71,16 +71,19 @@ def load_state(
     epochs = {}
     for dataset in config.datasets:
         try:
-            epochs[dataset.name] = current_epoch(database, dataset, config.epoch_hours,
-                                                 progress=progress)
+            epochs[dataset.name] = current_epoch(
+                database, dataset, config.epoch_hours, progress=progress
+            )
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
     certificate_pem = _read(config.tls.cert, "certificate")
     key_pem = read_key_pem(config.tls.key)
     audit = AuditLog(config.node_dir / AUDIT_DIR, key_pem, certificate_pem)
     policies = PolicyHolder(policy, jurisdiction=config.jurisdiction, audit=audit)
-    audit.append("node-started", {"policy_version": policy.version,
-                                  "policy_sha256": policy.sha256, "outcome": "started"})
+    audit.append(
+        "node-started",
+        {"policy_version": policy.version, "policy_sha256": policy.sha256, "outcome": "started"},
+    )
     return NodeState(
         config=config,
         database=database,
@@ -108,15 +111,20 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
         maximum_concurrent_rpcs=config.limits.max_concurrent_queries * 4,
     )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
-    overlap_pb2_grpc.add_CensusServiceServicer_to_server(CensusServicer(state), server)
+    overlap_pb2_grpc.add_OverlapServiceServicer_to_server(OverlapServicer(state), server)
     aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(AggregateServicer(state), server)
     add_request_service(state, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, CENSUS_SERVICE_NAME, REQUEST_SERVICE_NAME, AGGREGATE_SERVICE_NAME,
-         health.SERVICE_NAME,
-         reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            OVERLAP_SERVICE_NAME,
+            REQUEST_SERVICE_NAME,
+            AGGREGATE_SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     credentials = grpc.ssl_server_credentials(
@@ -143,7 +151,9 @@ def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float
                 epoch = state.epochs[dataset.name]
                 if not epoch_is_current(state.database, epoch, dataset, state.config.epoch_hours):
                     state.epochs[dataset.name] = current_epoch(
-                        state.database, dataset, state.config.epoch_hours,
+                        state.database,
+                        dataset,
+                        state.config.epoch_hours,
                         progress=lambda message: log.info("%s", message),
                     )
             except Exception:  # noqa: BLE001 - keep serving the current epoch; say why
@@ -153,7 +163,8 @@ def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float
 def serve(node_dir: Path, listen: str | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; in-flight calls finish, then the server exits."""
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_node_config(node_dir)
@@ -170,12 +181,16 @@ def serve(node_dir: Path, listen: str | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     running.server.start()
     refresher = threading.Thread(
-        target=refresh_epochs, args=(state, stopping, EPOCH_CHECK_SECONDS), daemon=True,
+        target=refresh_epochs,
+        args=(state, stopping, EPOCH_CHECK_SECONDS),
+        daemon=True,
         name="epoch-refresher",
     )
     refresher.start()
     watcher = threading.Thread(
-        target=watch_policy, args=(state, stopping, POLICY_CHECK_SECONDS), daemon=True,
+        target=watch_policy,
+        args=(state, stopping, POLICY_CHECK_SECONDS),
+        daemon=True,
         name="policy-watcher",
     )
     watcher.start()

@@ -1,6 +1,6 @@
-"""Own-item reveal results: which of this node's records a census found shared, per case.
+"""Own-item reveal results: which of this node's records a overlap found shared, per case.
 
-The node writes them in its own database at the end of a reveal census; the
+The node writes them in its own database at the end of a reveal overlap; the
 operator lists them with `fedtrace node shared NODE_DIR --case REF`, which takes
 its turn on the database like any other command, so it works while the node
 serves. Only this node's own records are stored, with the jurisdictions that
@@ -28,8 +28,8 @@ from node.store import NodeDatabase
 FORMATS = ("table", "json", "csv")
 
 _DDL = """
-CREATE TABLE IF NOT EXISTS census_shared (
-    case_ref VARCHAR NOT NULL, census_id VARCHAR NOT NULL, dataset VARCHAR NOT NULL,
+CREATE TABLE IF NOT EXISTS overlap_shared (
+    case_ref VARCHAR NOT NULL, overlap_id VARCHAR NOT NULL, dataset VARCHAR NOT NULL,
     investigator VARCHAR NOT NULL, record VARCHAR NOT NULL, shared_with VARCHAR NOT NULL,
     recorded TIMESTAMPTZ NOT NULL);
 """
@@ -37,37 +37,46 @@ CREATE TABLE IF NOT EXISTS census_shared (
 
 @dataclass(frozen=True)
 class SharedRecord:
-    """One of this node's records that other participants of a census hold too."""
+    """One of this node's records that other participants of a overlap hold too."""
 
     record: str  # canonical identifier (wallet address) or subject id
     shared_with: tuple[str, ...]  # jurisdiction codes, sorted
     dataset: str
-    census_id: str
+    overlap_id: str
     investigator: str
     recorded: dt.datetime
 
 
-def store_shared(database: NodeDatabase, *, case_ref: str, census_id: str, dataset: str,
-                 investigator: str, records: Sequence[tuple[str, Sequence[str]]],
-                 now: dt.datetime | None = None) -> int:
-    """Write one census's shared records (record, jurisdictions) in one transaction."""
+def store_shared(
+    database: NodeDatabase,
+    *,
+    case_ref: str,
+    overlap_id: str,
+    dataset: str,
+    investigator: str,
+    records: Sequence[tuple[str, Sequence[str]]],
+    now: dt.datetime | None = None,
+) -> int:
+    """Write one overlap's shared records (record, jurisdictions) in one transaction."""
     moment = now or dt.datetime.now(dt.UTC)
     rows = sorted({(record, ",".join(sorted(partners))) for record, partners in records})
-    table = pa.table({
-        "case_ref": [case_ref] * len(rows),
-        "census_id": [census_id] * len(rows),
-        "dataset": [dataset] * len(rows),
-        "investigator": [investigator] * len(rows),
-        "record": [record for record, _ in rows],
-        "shared_with": [partners for _, partners in rows],
-        "recorded": pa.array([moment] * len(rows), type=pa.timestamp("us", tz="UTC")),
-    })
+    table = pa.table(
+        {
+            "case_ref": [case_ref] * len(rows),
+            "overlap_id": [overlap_id] * len(rows),
+            "dataset": [dataset] * len(rows),
+            "investigator": [investigator] * len(rows),
+            "record": [record for record, _ in rows],
+            "shared_with": [partners for _, partners in rows],
+            "recorded": pa.array([moment] * len(rows), type=pa.timestamp("us", tz="UTC")),
+        }
+    )
     with database.session() as con:
         con.execute(_DDL)
         con.execute("BEGIN TRANSACTION")
         try:
             con.register("incoming_shared", table)
-            con.execute("INSERT INTO census_shared SELECT * FROM incoming_shared")
+            con.execute("INSERT INTO overlap_shared SELECT * FROM incoming_shared")
             con.unregister("incoming_shared")
             con.execute("COMMIT")
         except BaseException:
@@ -77,36 +86,48 @@ def store_shared(database: NodeDatabase, *, case_ref: str, census_id: str, datas
 
 
 def list_shared(con: duckdb.DuckDBPyConnection, case_ref: str) -> list[SharedRecord]:
-    """This node's shared records for a case, from the latest census of each dataset."""
+    """This node's shared records for a case, from the latest overlap of each dataset."""
     con.execute(_DDL)
     rows = con.execute(
         """
         WITH latest AS (
-            SELECT dataset, arg_max(census_id, recorded) AS census_id
-            FROM census_shared WHERE case_ref = ? GROUP BY dataset)
-        SELECT s.record, s.shared_with, s.dataset, s.census_id, s.investigator, s.recorded
-        FROM census_shared s JOIN latest USING (dataset, census_id)
+            SELECT dataset, arg_max(overlap_id, recorded) AS overlap_id
+            FROM overlap_shared WHERE case_ref = ? GROUP BY dataset)
+        SELECT s.record, s.shared_with, s.dataset, s.overlap_id, s.investigator, s.recorded
+        FROM overlap_shared s JOIN latest USING (dataset, overlap_id)
         WHERE s.case_ref = ? ORDER BY s.dataset, s.record
         """,
         [case_ref, case_ref],
     ).fetchall()
     return [
-        SharedRecord(str(record), tuple(str(shared).split(",")), str(dataset), str(census),
-                     str(investigator), recorded)
-        for record, shared, dataset, census, investigator, recorded in rows
+        SharedRecord(
+            str(record),
+            tuple(str(shared).split(",")),
+            str(dataset),
+            str(overlap),
+            str(investigator),
+            recorded,
+        )
+        for record, shared, dataset, overlap, investigator, recorded in rows
     ]
 
 
-def render_shared(records: Sequence[SharedRecord], fmt: str, *, jurisdiction: str,
-                  case_ref: str) -> str:
+def render_shared(
+    records: Sequence[SharedRecord], fmt: str, *, jurisdiction: str, case_ref: str
+) -> str:
     if fmt == "json":
         document = {
             "node": jurisdiction,
             "case": case_ref,
             "shared": [
-                {"record": r.record, "shared_with": list(r.shared_with), "dataset": r.dataset,
-                 "census_id": r.census_id, "investigator": r.investigator,
-                 "recorded": r.recorded.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                {
+                    "record": r.record,
+                    "shared_with": list(r.shared_with),
+                    "dataset": r.dataset,
+                    "overlap_id": r.overlap_id,
+                    "investigator": r.investigator,
+                    "recorded": r.recorded.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
                 for r in records
             ],
         }
@@ -114,21 +135,25 @@ def render_shared(records: Sequence[SharedRecord], fmt: str, *, jurisdiction: st
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["record", "shared_with", "dataset", "census_id", "investigator"])
+        writer.writerow(["record", "shared_with", "dataset", "overlap_id", "investigator"])
         for r in records:
-            writer.writerow([r.record, " ".join(r.shared_with), r.dataset, r.census_id,
-                             r.investigator])
+            writer.writerow(
+                [r.record, " ".join(r.shared_with), r.dataset, r.overlap_id, r.investigator]
+            )
         return buffer.getvalue()
     console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
     if not records:
-        console.print(f"{jurisdiction}: no shared records for case {case_ref} (no reveal census "
-                      "for this case, or none of this node's records is shared)")
+        console.print(
+            f"{jurisdiction}: no shared records for case {case_ref} (no reveal overlap "
+            "for this case, or none of this node's records is shared)"
+        )
     else:
-        census = ", ".join(sorted({r.census_id for r in records}))
+        overlap = ", ".join(sorted({r.overlap_id for r in records}))
         table = Table(
             title=f"{jurisdiction} · case {case_ref} · {len(records)} own record(s) shared "
-                  f"· census {census}",
-            box=box.SIMPLE_HEAVY, title_justify="left",
+            f"· overlap {overlap}",
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
         )
         for column in ("record", "shared with", "dataset"):
             table.add_column(column, overflow="fold")

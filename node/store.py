@@ -28,7 +28,13 @@ MAX_REJECTIONS_SHOWN = 5
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "transactions": (
-        "tx_hash", "chain", "from_address", "to_address", "asset", "amount", "amount_eur",
+        "tx_hash",
+        "chain",
+        "from_address",
+        "to_address",
+        "asset",
+        "amount",
+        "amount_eur",
         "timestamp",
     ),
     "subjects": ("subject_id", "full_name", "date_of_birth", "nationality", "document_number"),
@@ -68,7 +74,8 @@ _TYPED: dict[str, tuple[tuple[str, str, str], ...]] = {
     "transactions": (
         ("amount", "DECIMAL(38, 18)", "amount is not a decimal number"),
         (
-            "amount_eur", "DECIMAL(18, 2)",
+            "amount_eur",
+            "DECIMAL(18, 2)",
             "amount_eur is not a decimal number with at most 2 decimals",
         ),
         ("timestamp", "TIMESTAMPTZ", "timestamp is not an ISO 8601 date-time"),
@@ -184,7 +191,8 @@ def ingest(
         raise IngestError(f"unknown table {table!r}; use one of {', '.join(TABLE_COLUMNS)}")
     digest = _sha256(file)
     earlier = first_row(
-        con, "SELECT ingested_at FROM ingests WHERE file_sha256 = ? AND table_name = ?",
+        con,
+        "SELECT ingested_at FROM ingests WHERE file_sha256 = ? AND table_name = ?",
         [digest, table],
     )
     if earlier and not allow_duplicate:
@@ -205,13 +213,12 @@ def ingest(
 
     con.execute("BEGIN TRANSACTION")
     try:
-        ingest_id = (first_row(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests")
-                     or (1,))[0]
+        ingest_id = (first_row(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests") or (1,))[
+            0
+        ]
         con.register("staged", staged)
         reason_sql = _reason_sql(table)
-        con.execute(
-            f"CREATE TEMP TABLE checked AS SELECT *, {reason_sql} AS _why FROM staged"
-        )
+        con.execute(f"CREATE TEMP TABLE checked AS SELECT *, {reason_sql} AS _why FROM staged")
         con.execute(
             "INSERT INTO rejected_rows SELECT ?, ?, _line, _why, _raw::JSON FROM checked "
             "WHERE _why IS NOT NULL",
@@ -273,8 +280,7 @@ def _reason_sql(table: str) -> str:
     clauses = ["WHEN _reason IS NOT NULL THEN _reason"]
     for column in REQUIRED_COLUMNS[table]:
         clauses.append(
-            f"WHEN {_quote(column)} IS NULL OR trim({_quote(column)}) = '' "
-            f"THEN 'missing {column}'"
+            f"WHEN {_quote(column)} IS NULL OR trim({_quote(column)}) = '' THEN 'missing {column}'"
         )
     for column, sql_type, reason in _TYPED[table]:
         clauses.append(
@@ -406,18 +412,29 @@ def _stage(
             out[name].append(record[name])
         out["_line"].append(line)
         out["_reason"].append(reason)
-        out["_raw"].append(json.dumps(dict(zip(header, fields, strict=False)), ensure_ascii=False)
-                           if reason else None)
+        out["_raw"].append(
+            json.dumps(dict(zip(header, fields, strict=False)), ensure_ascii=False)
+            if reason
+            else None
+        )
         out["_extra"].append(
-            json.dumps({e: fields[position[e]] for e in extras if position[e] < len(fields)},
-                       ensure_ascii=False) if extras else None
+            json.dumps(
+                {e: fields[position[e]] for e in extras if position[e] < len(fields)},
+                ensure_ascii=False,
+            )
+            if extras
+            else None
         )
         if progress and count % 50_000 == 0:
             progress(count)
     schema = pa.schema(
         [(c, pa.string()) for c in standard]
-        + [("_line", pa.int64()), ("_reason", pa.string()), ("_raw", pa.string()),
-           ("_extra", pa.string())]
+        + [
+            ("_line", pa.int64()),
+            ("_reason", pa.string()),
+            ("_raw", pa.string()),
+            ("_extra", pa.string()),
+        ]
     )
     return pa.table(out, schema=schema)
 

@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from fedtrace.v1 import node_pb2 as fedtrace_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64trace/v1/overlap.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"c\n\x11\x43\x65nsusJoinRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x11\n\tcensus_id\x18\x03 \x01(\t\"\xcd\x01\n\x12\x43\x65nsusJoinResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0freveal_to_owner\x18\x03 \x01(\x08\x12\x12\n\nmin_cohort\x18\x04 \x01(\r\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x06 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x07 \x01(\x0c\x12\x18\n\x10max_relay_points\x18\x08 \x01(\x04\",\n\x0c\x43\x65nsusOrigin\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"p\n\x11\x43\x65nsusOpenRequest\x12\x11\n\tcensus_id\x18\x01 \x01(\t\x12\x0e\n\x06roster\x18\x02 \x03(\t\x12\x0e\n\x06reveal\x18\x03 \x01(\x08\x12(\n\x05sizes\x18\x04 \x03(\x0b\x32\x19.fedtrace.v1.CensusOrigin\"&\n\x12\x43\x65nsusOpenResponse\x12\x10\n\x08set_size\x18\x01 \x01(\x04\"\x1e\n\tCensusRef\x12\x11\n\tcensus_id\x18\x01 \x01(\t\"\\\n\x11\x43\x65nsusRelayHeader\x12\x11\n\tcensus_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x17\n\x0f\x65xpected_points\x18\x04 \x01(\x04\"y\n\x12\x43\x65nsusRelayRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedtrace.v1.CensusRelayHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"Z\n\x13\x43\x65nsusSharedRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedtrace.v1.CensusRefH\x00\x12\x11\n\x07notices\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\".\n\x14\x43\x65nsusSharedResponse\x12\x16\n\x0eshared_records\x18\x01 \x01(\x04\"C\n\x13\x43\x65nsusCloseResponse\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x32\xde\x03\n\rCensusService\x12M\n\nCensusJoin\x12\x1e.fedtrace.v1.CensusJoinRequest\x1a\x1f.fedtrace.v1.CensusJoinResponse\x12M\n\nCensusOpen\x12\x1e.fedtrace.v1.CensusOpenRequest\x1a\x1f.fedtrace.v1.CensusOpenResponse\x12\x42\n\rCensusInitial\x12\x16.fedtrace.v1.CensusRef\x1a\x17.fedtrace.v1.PointBatch0\x01\x12K\n\x0b\x43\x65nsusRelay\x12\x1f.fedtrace.v1.CensusRelayRequest\x1a\x17.fedtrace.v1.PointBatch(\x01\x30\x01\x12U\n\x0c\x43\x65nsusShared\x12 .fedtrace.v1.CensusSharedRequest\x1a!.fedtrace.v1.CensusSharedResponse(\x01\x12G\n\x0b\x43\x65nsusClose\x12\x16.fedtrace.v1.CensusRef\x1a .fedtrace.v1.CensusCloseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64trace/v1/overlap.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"e\n\x12OverlapJoinRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x12\n\noverlap_id\x18\x03 \x01(\t\"\xce\x01\n\x13OverlapJoinResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0freveal_to_owner\x18\x03 \x01(\x08\x12\x12\n\nmin_cohort\x18\x04 \x01(\r\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x06 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x07 \x01(\x0c\x12\x18\n\x10max_relay_points\x18\x08 \x01(\x04\"-\n\rOverlapOrigin\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"s\n\x12OverlapOpenRequest\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06roster\x18\x02 \x03(\t\x12\x0e\n\x06reveal\x18\x03 \x01(\x08\x12)\n\x05sizes\x18\x04 \x03(\x0b\x32\x1a.fedtrace.v1.OverlapOrigin\"\'\n\x13OverlapOpenResponse\x12\x10\n\x08set_size\x18\x01 \x01(\x04\" \n\nOverlapRef\x12\x12\n\noverlap_id\x18\x01 \x01(\t\"^\n\x12OverlapRelayHeader\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x17\n\x0f\x65xpected_points\x18\x04 \x01(\x04\"{\n\x13OverlapRelayRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedtrace.v1.OverlapRelayHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\\\n\x14OverlapSharedRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedtrace.v1.OverlapRefH\x00\x12\x11\n\x07notices\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x15OverlapSharedResponse\x12\x16\n\x0eshared_records\x18\x01 \x01(\x04\"D\n\x14OverlapCloseResponse\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x32\xc5\x03\n\x0eOverlapService\x12I\n\x04Join\x12\x1f.fedtrace.v1.OverlapJoinRequest\x1a .fedtrace.v1.OverlapJoinResponse\x12I\n\x04Open\x12\x1f.fedtrace.v1.OverlapOpenRequest\x1a .fedtrace.v1.OverlapOpenResponse\x12=\n\x07Initial\x12\x17.fedtrace.v1.OverlapRef\x1a\x17.fedtrace.v1.PointBatch0\x01\x12\x46\n\x05Relay\x12 .fedtrace.v1.OverlapRelayRequest\x1a\x17.fedtrace.v1.PointBatch(\x01\x30\x01\x12Q\n\x06Shared\x12!.fedtrace.v1.OverlapSharedRequest\x1a\".fedtrace.v1.OverlapSharedResponse(\x01\x12\x43\n\x05\x43lose\x12\x17.fedtrace.v1.OverlapRef\x1a!.fedtrace.v1.OverlapCloseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrace.v1.overlap_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CENSUSJOINREQUEST']._serialized_start=66
-  _globals['_CENSUSJOINREQUEST']._serialized_end=165
-  _globals['_CENSUSJOINRESPONSE']._serialized_start=168
-  _globals['_CENSUSJOINRESPONSE']._serialized_end=373
-  _globals['_CENSUSORIGIN']._serialized_start=375
-  _globals['_CENSUSORIGIN']._serialized_end=419
-  _globals['_CENSUSOPENREQUEST']._serialized_start=421
-  _globals['_CENSUSOPENREQUEST']._serialized_end=533
-  _globals['_CENSUSOPENRESPONSE']._serialized_start=535
-  _globals['_CENSUSOPENRESPONSE']._serialized_end=573
-  _globals['_CENSUSREF']._serialized_start=575
-  _globals['_CENSUSREF']._serialized_end=605
-  _globals['_CENSUSRELAYHEADER']._serialized_start=607
-  _globals['_CENSUSRELAYHEADER']._serialized_end=699
-  _globals['_CENSUSRELAYREQUEST']._serialized_start=701
-  _globals['_CENSUSRELAYREQUEST']._serialized_end=822
-  _globals['_CENSUSSHAREDREQUEST']._serialized_start=824
-  _globals['_CENSUSSHAREDREQUEST']._serialized_end=914
-  _globals['_CENSUSSHAREDRESPONSE']._serialized_start=916
-  _globals['_CENSUSSHAREDRESPONSE']._serialized_end=962
-  _globals['_CENSUSCLOSERESPONSE']._serialized_start=964
-  _globals['_CENSUSCLOSERESPONSE']._serialized_end=1031
-  _globals['_CENSUSSERVICE']._serialized_start=1034
-  _globals['_CENSUSSERVICE']._serialized_end=1512
+  _globals['_OVERLAPJOINREQUEST']._serialized_start=66
+  _globals['_OVERLAPJOINREQUEST']._serialized_end=167
+  _globals['_OVERLAPJOINRESPONSE']._serialized_start=170
+  _globals['_OVERLAPJOINRESPONSE']._serialized_end=376
+  _globals['_OVERLAPORIGIN']._serialized_start=378
+  _globals['_OVERLAPORIGIN']._serialized_end=423
+  _globals['_OVERLAPOPENREQUEST']._serialized_start=425
+  _globals['_OVERLAPOPENREQUEST']._serialized_end=540
+  _globals['_OVERLAPOPENRESPONSE']._serialized_start=542
+  _globals['_OVERLAPOPENRESPONSE']._serialized_end=581
+  _globals['_OVERLAPREF']._serialized_start=583
+  _globals['_OVERLAPREF']._serialized_end=615
+  _globals['_OVERLAPRELAYHEADER']._serialized_start=617
+  _globals['_OVERLAPRELAYHEADER']._serialized_end=711
+  _globals['_OVERLAPRELAYREQUEST']._serialized_start=713
+  _globals['_OVERLAPRELAYREQUEST']._serialized_end=836
+  _globals['_OVERLAPSHAREDREQUEST']._serialized_start=838
+  _globals['_OVERLAPSHAREDREQUEST']._serialized_end=930
+  _globals['_OVERLAPSHAREDRESPONSE']._serialized_start=932
+  _globals['_OVERLAPSHAREDRESPONSE']._serialized_end=979
+  _globals['_OVERLAPCLOSERESPONSE']._serialized_start=981
+  _globals['_OVERLAPCLOSERESPONSE']._serialized_end=1049
+  _globals['_OVERLAPSERVICE']._serialized_start=1052
+  _globals['_OVERLAPSERVICE']._serialized_end=1505
 # @@protoc_insertion_point(module_scope)

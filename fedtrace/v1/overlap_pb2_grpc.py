@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class CensusServiceStub:
+class OverlapServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,76 +35,76 @@ class CensusServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.CensusJoin = channel.unary_unary(
-                '/fedtrace.v1.CensusService/CensusJoin',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusJoinRequest.SerializeToString,
-                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusJoinResponse.FromString,
+        self.Join = channel.unary_unary(
+                '/fedtrace.v1.OverlapService/Join',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinRequest.SerializeToString,
+                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinResponse.FromString,
                 _registered_method=True)
-        self.CensusOpen = channel.unary_unary(
-                '/fedtrace.v1.CensusService/CensusOpen',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusOpenRequest.SerializeToString,
-                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusOpenResponse.FromString,
+        self.Open = channel.unary_unary(
+                '/fedtrace.v1.OverlapService/Open',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenRequest.SerializeToString,
+                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenResponse.FromString,
                 _registered_method=True)
-        self.CensusInitial = channel.unary_stream(
-                '/fedtrace.v1.CensusService/CensusInitial',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRef.SerializeToString,
+        self.Initial = channel.unary_stream(
+                '/fedtrace.v1.OverlapService/Initial',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.SerializeToString,
                 response_deserializer=fedtrace_dot_v1_dot_node__pb2.PointBatch.FromString,
                 _registered_method=True)
-        self.CensusRelay = channel.stream_stream(
-                '/fedtrace.v1.CensusService/CensusRelay',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRelayRequest.SerializeToString,
+        self.Relay = channel.stream_stream(
+                '/fedtrace.v1.OverlapService/Relay',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRelayRequest.SerializeToString,
                 response_deserializer=fedtrace_dot_v1_dot_node__pb2.PointBatch.FromString,
                 _registered_method=True)
-        self.CensusShared = channel.stream_unary(
-                '/fedtrace.v1.CensusService/CensusShared',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusSharedRequest.SerializeToString,
-                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusSharedResponse.FromString,
+        self.Shared = channel.stream_unary(
+                '/fedtrace.v1.OverlapService/Shared',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedRequest.SerializeToString,
+                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedResponse.FromString,
                 _registered_method=True)
-        self.CensusClose = channel.unary_unary(
-                '/fedtrace.v1.CensusService/CensusClose',
-                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRef.SerializeToString,
-                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusCloseResponse.FromString,
+        self.Close = channel.unary_unary(
+                '/fedtrace.v1.OverlapService/Close',
+                request_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.SerializeToString,
+                response_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapCloseResponse.FromString,
                 _registered_method=True)
 
 
-class CensusServiceServicer:
+class OverlapServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def CensusJoin(self, request, context):
+    def Join(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CensusOpen(self, request, context):
+    def Open(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CensusInitial(self, request, context):
-        """Step 1: the node's own set under its census key, in its private random order.
+    def Initial(self, request, context):
+        """Step 1: the node's own set under its overlap key, in its private random order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CensusRelay(self, request_iterator, context):
-        """Step 2: one hop over one foreign set; a reveal census streams each batch back at once,
-        a count-only census answers once the whole set is in, shuffled.
+    def Relay(self, request_iterator, context):
+        """Step 2: one hop over one foreign set; a reveal overlap streams each batch back at once,
+        a count-only overlap answers once the whole set is in, shuffled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CensusShared(self, request_iterator, context):
+    def Shared(self, request_iterator, context):
         """Step 4: which of the node's own positions are shared, and with whom.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CensusClose(self, request, context):
+    def Close(self, request, context):
         """Step 5: the node drops its key and signs its transcript.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -112,51 +112,51 @@ class CensusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_CensusServiceServicer_to_server(servicer, server):
+def add_OverlapServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'CensusJoin': grpc.unary_unary_rpc_method_handler(
-                    servicer.CensusJoin,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusJoinRequest.FromString,
-                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusJoinResponse.SerializeToString,
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinRequest.FromString,
+                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinResponse.SerializeToString,
             ),
-            'CensusOpen': grpc.unary_unary_rpc_method_handler(
-                    servicer.CensusOpen,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusOpenRequest.FromString,
-                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusOpenResponse.SerializeToString,
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenRequest.FromString,
+                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenResponse.SerializeToString,
             ),
-            'CensusInitial': grpc.unary_stream_rpc_method_handler(
-                    servicer.CensusInitial,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRef.FromString,
+            'Initial': grpc.unary_stream_rpc_method_handler(
+                    servicer.Initial,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.FromString,
                     response_serializer=fedtrace_dot_v1_dot_node__pb2.PointBatch.SerializeToString,
             ),
-            'CensusRelay': grpc.stream_stream_rpc_method_handler(
-                    servicer.CensusRelay,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRelayRequest.FromString,
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRelayRequest.FromString,
                     response_serializer=fedtrace_dot_v1_dot_node__pb2.PointBatch.SerializeToString,
             ),
-            'CensusShared': grpc.stream_unary_rpc_method_handler(
-                    servicer.CensusShared,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusSharedRequest.FromString,
-                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusSharedResponse.SerializeToString,
+            'Shared': grpc.stream_unary_rpc_method_handler(
+                    servicer.Shared,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedRequest.FromString,
+                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedResponse.SerializeToString,
             ),
-            'CensusClose': grpc.unary_unary_rpc_method_handler(
-                    servicer.CensusClose,
-                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.CensusRef.FromString,
-                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.CensusCloseResponse.SerializeToString,
+            'Close': grpc.unary_unary_rpc_method_handler(
+                    servicer.Close,
+                    request_deserializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.FromString,
+                    response_serializer=fedtrace_dot_v1_dot_overlap__pb2.OverlapCloseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'fedtrace.v1.CensusService', rpc_method_handlers)
+            'fedtrace.v1.OverlapService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('fedtrace.v1.CensusService', rpc_method_handlers)
+    server.add_registered_method_handlers('fedtrace.v1.OverlapService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class CensusService:
+class OverlapService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def CensusJoin(request,
+    def Join(request,
             target,
             options=(),
             channel_credentials=None,
@@ -169,9 +169,9 @@ class CensusService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedtrace.v1.CensusService/CensusJoin',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusJoinRequest.SerializeToString,
-            fedtrace_dot_v1_dot_overlap__pb2.CensusJoinResponse.FromString,
+            '/fedtrace.v1.OverlapService/Join',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinRequest.SerializeToString,
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapJoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -183,7 +183,7 @@ class CensusService:
             _registered_method=True)
 
     @staticmethod
-    def CensusOpen(request,
+    def Open(request,
             target,
             options=(),
             channel_credentials=None,
@@ -196,9 +196,9 @@ class CensusService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedtrace.v1.CensusService/CensusOpen',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusOpenRequest.SerializeToString,
-            fedtrace_dot_v1_dot_overlap__pb2.CensusOpenResponse.FromString,
+            '/fedtrace.v1.OverlapService/Open',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenRequest.SerializeToString,
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapOpenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,7 +210,7 @@ class CensusService:
             _registered_method=True)
 
     @staticmethod
-    def CensusInitial(request,
+    def Initial(request,
             target,
             options=(),
             channel_credentials=None,
@@ -223,8 +223,8 @@ class CensusService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/fedtrace.v1.CensusService/CensusInitial',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusRef.SerializeToString,
+            '/fedtrace.v1.OverlapService/Initial',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.SerializeToString,
             fedtrace_dot_v1_dot_node__pb2.PointBatch.FromString,
             options,
             channel_credentials,
@@ -237,7 +237,7 @@ class CensusService:
             _registered_method=True)
 
     @staticmethod
-    def CensusRelay(request_iterator,
+    def Relay(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -250,8 +250,8 @@ class CensusService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/fedtrace.v1.CensusService/CensusRelay',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusRelayRequest.SerializeToString,
+            '/fedtrace.v1.OverlapService/Relay',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapRelayRequest.SerializeToString,
             fedtrace_dot_v1_dot_node__pb2.PointBatch.FromString,
             options,
             channel_credentials,
@@ -264,7 +264,7 @@ class CensusService:
             _registered_method=True)
 
     @staticmethod
-    def CensusShared(request_iterator,
+    def Shared(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -277,9 +277,9 @@ class CensusService:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/fedtrace.v1.CensusService/CensusShared',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusSharedRequest.SerializeToString,
-            fedtrace_dot_v1_dot_overlap__pb2.CensusSharedResponse.FromString,
+            '/fedtrace.v1.OverlapService/Shared',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedRequest.SerializeToString,
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapSharedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -291,7 +291,7 @@ class CensusService:
             _registered_method=True)
 
     @staticmethod
-    def CensusClose(request,
+    def Close(request,
             target,
             options=(),
             channel_credentials=None,
@@ -304,9 +304,9 @@ class CensusService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedtrace.v1.CensusService/CensusClose',
-            fedtrace_dot_v1_dot_overlap__pb2.CensusRef.SerializeToString,
-            fedtrace_dot_v1_dot_overlap__pb2.CensusCloseResponse.FromString,
+            '/fedtrace.v1.OverlapService/Close',
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapRef.SerializeToString,
+            fedtrace_dot_v1_dot_overlap__pb2.OverlapCloseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,16 +30,29 @@ CODES = ("EE", "SG")
 COLUMNS = ("total_in_eur", "total_out_eur", "tx_count")
 
 
-def policy(code: str, *, noise: bool = False, total_only: bool = False, min_cohort: int = 1,
-           budget: str = "", version: str = "1") -> str:
+def policy(
+    code: str,
+    *,
+    noise: bool = False,
+    total_only: bool = False,
+    min_cohort: int = 1,
+    budget: str = "",
+    version: str = "1",
+) -> str:
     lines = [
-        f'jurisdiction = "{code}"', f'version = "{code.lower()}-agg-{version}"', "",
-        "[[grant]]", 'partners = ["FR"]', 'datasets = ["wallets"]',
-        'disclosure = "aggregate"', "max_items_per_query = 1000",
+        f'jurisdiction = "{code}"',
+        f'version = "{code.lower()}-agg-{version}"',
+        "",
+        "[[grant]]",
+        'partners = ["FR"]',
+        'datasets = ["wallets"]',
+        'disclosure = "aggregate"',
+        "max_items_per_query = 1000",
         f"aggregate_columns = {json.dumps(list(COLUMNS))}",
         "clip = { total_in_eur = [0, 100000000], total_out_eur = [0, 100000000], "
         "tx_count = [0, 100000] }",
-        f"min_cohort = {min_cohort}", "epsilon_per_query = 1.0",
+        f"min_cohort = {min_cohort}",
+        "epsilon_per_query = 1.0",
     ]
     if not noise:
         lines.append('noise = "off"')
@@ -61,13 +74,27 @@ class AggregateFederation:
         self.versions += 1
         for code, node in self.nodes.items():
             (node.node_dir / "policy.toml").write_text(
-                policy(code, version=str(self.versions), **kwargs))
+                policy(code, version=str(self.versions), **kwargs)
+            )
         time.sleep(1.6)  # the policy watcher checks every second
 
     def query(self, watchlist: Path, *extra: str) -> tuple[int, dict[str, Any] | None, str]:
-        done = fedtrace("query", "aggregate", "--federation", str(self.fed), "--watchlist",
-                        str(watchlist), "--dataset", "wallets", "--case", "CASE-9",
-                        *(a for c in COLUMNS for a in ("--sum", c)), "--format", "json", *extra)
+        done = fedtrace(
+            "query",
+            "aggregate",
+            "--federation",
+            str(self.fed),
+            "--watchlist",
+            str(watchlist),
+            "--dataset",
+            "wallets",
+            "--case",
+            "CASE-9",
+            *(a for c in COLUMNS for a in ("--sum", c)),
+            "--format",
+            "json",
+            *extra,
+        )
         report = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
         return done.returncode, report, done.stderr
 
@@ -93,8 +120,12 @@ class AggregateFederation:
                 "WHERE address IN (SELECT address FROM wanted)"
             ).fetchone()
         assert row is not None
-        return {"match_count": int(row[0]), "total_in_eur": Decimal(row[1]),
-                "total_out_eur": Decimal(row[2]), "tx_count": int(row[3])}
+        return {
+            "match_count": int(row[0]),
+            "total_in_eur": Decimal(row[1]),
+            "total_out_eur": Decimal(row[2]),
+            "tx_count": int(row[3]),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +136,41 @@ def agg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AggregateFederatio
     fed = AggregateFederation(root)
     for code in CODES:
         node_dir = root / "nodes" / code
-        fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"),
-                 check=True)
+        fedtrace(
+            "node",
+            "init",
+            str(node_dir),
+            "--jurisdiction",
+            code,
+            "--ca",
+            str(root / "ca"),
+            check=True,
+        )
         (node_dir / "policy.toml").write_text(policy(code))
-        fedtrace("node", "ingest", str(node_dir), str(root / "data" / code / "transactions.csv"),
-                 "--table", "transactions", check=True)
+        fedtrace(
+            "node",
+            "ingest",
+            str(node_dir),
+            str(root / "data" / code / "transactions.csv"),
+            "--table",
+            "transactions",
+            check=True,
+        )
         fed.nodes[code] = NodeProcess(code, node_dir)
     issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
     for node in fed.nodes.values():
         node.start()
-    lines = ["[investigator]", 'name = "FR"', 'cert = "investigator/cert.pem"',
-             'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
-             "deadline_seconds = 60", ""]
+    lines = [
+        "[investigator]",
+        'name = "FR"',
+        'cert = "investigator/cert.pem"',
+        'key = "investigator/key.pem"',
+        'ca = "ca/ca.pem"',
+        "",
+        "[query]",
+        "deadline_seconds = 60",
+        "",
+    ]
     for code, node in fed.nodes.items():
         lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
     fed.fed.write_text("\n".join(lines))
@@ -210,25 +264,54 @@ def test_epsilon_budget_exhaustion_refuses(agg: AggregateFederation) -> None:
         answered += 1
     assert 1 <= answered <= 3 and code == 3, err
     reason = report["results"][0]["reason"]
-    assert reason.startswith("RESOURCE_EXHAUSTED: FR's epsilon budget on EE's dataset 'wallets' "
-                             "is used up: 3 of 3 epsilon per day used, this request needs 1; "
-                             "it renews at ")
+    assert reason.startswith(
+        "RESOURCE_EXHAUSTED: FR's epsilon budget on EE's dataset 'wallets' "
+        "is used up: 3 of 3 epsilon per day used, this request needs 1; "
+        "it renews at "
+    )
 
 
 def test_bad_columns_are_refused_with_one_line(agg: AggregateFederation) -> None:
-    done = fedtrace("query", "aggregate", "--federation", str(agg.fed), "--watchlist",
-                    str(agg.root / "watchlist.txt"), "--dataset", "wallets", "--case", "C",
-                    "--sum", "tx_count", "--sum", "tx_count")
+    done = fedtrace(
+        "query",
+        "aggregate",
+        "--federation",
+        str(agg.fed),
+        "--watchlist",
+        str(agg.root / "watchlist.txt"),
+        "--dataset",
+        "wallets",
+        "--case",
+        "C",
+        "--sum",
+        "tx_count",
+        "--sum",
+        "tx_count",
+    )
     assert done.returncode == 2
     assert done.stderr == "fedtrace: error: --sum names a column twice\n"
-    done = fedtrace("query", "aggregate", "--federation", str(agg.fed), "--watchlist",
-                    str(agg.root / "watchlist.txt"), "--dataset", "wallets", "--case", "C",
-                    "--sum", "first_seen", "--format", "json")
+    done = fedtrace(
+        "query",
+        "aggregate",
+        "--federation",
+        str(agg.fed),
+        "--watchlist",
+        str(agg.root / "watchlist.txt"),
+        "--dataset",
+        "wallets",
+        "--case",
+        "C",
+        "--sum",
+        "first_seen",
+        "--format",
+        "json",
+    )
     assert done.returncode == 3
     reasons = {r["reason"] for r in json.loads(done.stdout)["results"]}
     assert reasons == {
         f"dataset 'wallets' at {c} cannot sum first_seen; its aggregate columns: "
-        "tx_count, total_in_eur, total_out_eur" for c in CODES
+        "tx_count, total_in_eur, total_out_eur"
+        for c in CODES
     }
 
 
@@ -254,20 +337,24 @@ def test_node_keeps_nothing_it_could_map_to_the_watchlist(agg: AggregateFederati
                         blob = bytes(message.points.points)
                         sent.extend(blob[i : i + 32] for i in range(0, len(blob), 32))
                     yield message
+
             return self._inner.evaluate(tap(), timeout)
 
     outcome = run_aggregate(
         federation,
         AggregateQuery("wallets", "CASE-LEAK", "", tuple(items), "FR", COLUMNS),
-        lambda entry: Recording(transports(entry)), transports.ca_pem)
+        lambda entry: Recording(transports(entry)),
+        transports.ca_pem,
+    )
     assert all(r.result.status == "ok" for r in outcome.results)
     assert len(sent) == 2 * len(items)
     for code, node in agg.nodes.items():
         config = load_node_config(node.node_dir)
         held = agg.held(code, set(items))
         unheld = [a for a in items if a not in held]
-        blobs = [p.read_bytes() for p in node.node_dir.rglob("*") if p.is_file()
-                 and "tls" not in p.parts]
+        blobs = [
+            p.read_bytes() for p in node.node_dir.rglob("*") if p.is_file() and "tls" not in p.parts
+        ]
         assert config.database.exists() and blobs
         for blob in blobs:
             for point in sent:

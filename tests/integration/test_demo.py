@@ -11,7 +11,7 @@ from .conftest import fedtrace
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_match_aggregate_and_census_then_stops() -> None:
+def test_demo_runs_match_aggregate_and_overlap_then_stops() -> None:
     done = fedtrace("demo", timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout

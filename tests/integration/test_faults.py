@@ -52,19 +52,37 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     fed = Federation(root=root, data=data)
     for code in CODES:
         node_dir = root / "nodes" / code
-        fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"),
-                 check=True)
+        fedtrace(
+            "node",
+            "init",
+            str(node_dir),
+            "--jurisdiction",
+            code,
+            "--ca",
+            str(root / "ca"),
+            check=True,
+        )
         (node_dir / "policy.toml").write_text(_policy(code))
         for table in ("transactions", "subjects", "subject_wallets"):
-            fedtrace("node", "ingest", str(node_dir), str(root / "data" / code / f"{table}.csv"),
-                     "--table", table, check=True)
+            fedtrace(
+                "node",
+                "ingest",
+                str(node_dir),
+                str(root / "data" / code / f"{table}.csv"),
+                "--table",
+                table,
+                check=True,
+            )
         fed.nodes[code] = NodeProcess(code, node_dir)
     issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
     for node in fed.nodes.values():
         node.start()
     fed.write_fed()
-    text = (root / "federation.toml").read_text().replace("deadline_seconds = 60",
-                                                         "deadline_seconds = 40")
+    text = (
+        (root / "federation.toml")
+        .read_text()
+        .replace("deadline_seconds = 60", "deadline_seconds = 40")
+    )
     (root / "federation.toml").write_text(text)
     yield fed
     for node in fed.nodes.values():
@@ -79,9 +97,7 @@ def _oracle(data: DemoData, items: list[str], code: str) -> list[str]:
 
 def _big_watchlist(fed: Federation) -> tuple[Path, list[str]]:
     rng = random.Random(3)
-    items = fed.data.watchlist(120) + [
-        f"0x{rng.getrandbits(160):040x}" for _ in range(BIG_ITEMS)
-    ]
+    items = fed.data.watchlist(120) + [f"0x{rng.getrandbits(160):040x}" for _ in range(BIG_ITEMS)]
     path = fed.root / "big-watchlist.txt"
     path.write_text("\n".join(items) + "\n")
     return path, items
@@ -140,10 +156,28 @@ def _reap(node: NodeProcess) -> int:
 
 def _match_cli(fed: Federation, watchlist: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fedtrace.cli", "query", "match", "--federation",
-         str(fed.root / "federation.toml"), "--watchlist", str(watchlist), "--dataset",
-         "wallets", "--case", "CASE-F", "--legal-basis", "MLA", "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fedtrace.cli",
+            "query",
+            "match",
+            "--federation",
+            str(fed.root / "federation.toml"),
+            "--watchlist",
+            str(watchlist),
+            "--dataset",
+            "wallets",
+            "--case",
+            "CASE-F",
+            "--legal-basis",
+            "MLA",
+            "--format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "FEDTRACE_CACHE_DIR": str(fed.root / "cache")},
     )
 
@@ -151,11 +185,13 @@ def _match_cli(fed: Federation, watchlist: Path) -> subprocess.Popen[str]:
 def _ledger(node_dir: Path) -> tuple[list[tuple[object, ...]], int, int]:
     """(usage ledger rows, data version, transaction rows) of a node, read in one short session."""
     with store.NodeDatabase(node_dir / "node.duckdb").session() as con:
-        rows = con.execute(
-            "SELECT * FROM policy_usage ORDER BY ALL"
-        ).fetchall() if con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'policy_usage'"
-        ).fetchall()[0][0] else []
+        rows = (
+            con.execute("SELECT * FROM policy_usage ORDER BY ALL").fetchall()
+            if con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'policy_usage'"
+            ).fetchall()[0][0]
+            else []
+        )
         version = store.data_version(con)
         count = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
     return rows, version, int(count)
@@ -191,7 +227,8 @@ def test_sigkill_mid_query_gives_unavailable_and_the_others_correct(faults: Fede
     sg.start()
     faults.write_fed()
     (faults.root / "federation.toml").write_text(
-        (faults.root / "federation.toml").read_text().replace("= 60", "= 40"))
+        (faults.root / "federation.toml").read_text().replace("= 60", "= 40")
+    )
     small = faults.root / "small.txt"
     small.write_text("\n".join(faults.data.watchlist(60)) + "\n")
     status, report, stderr = faults.match(small)
@@ -242,8 +279,16 @@ def test_sigterm_during_a_query_finishes_it_then_exits_zero(faults: Federation) 
 
 def test_ingest_killed_halfway_leaves_the_previous_data_in_force(faults: Federation) -> None:
     node_dir = faults.root / "ingest-node"
-    fedtrace("node", "init", str(node_dir), "--jurisdiction", "NL", "--ca",
-             str(faults.root / "ca"), check=True)
+    fedtrace(
+        "node",
+        "init",
+        str(node_dir),
+        "--jurisdiction",
+        "NL",
+        "--ca",
+        str(faults.root / "ca"),
+        check=True,
+    )
     source = faults.root / "data" / "EE" / "transactions.csv"
     fedtrace("node", "ingest", str(node_dir), str(source), "--table", "transactions", check=True)
     before = _ledger(node_dir)
@@ -258,9 +303,20 @@ def test_ingest_killed_halfway_leaves_the_previous_data_in_force(faults: Federat
                 handle.write(",".join(fields) + "\n")
     wal = node_dir / "node.duckdb.wal"
     ingest = subprocess.Popen(
-        [sys.executable, "-m", "fedtrace.cli", "node", "ingest", str(node_dir), str(big),
-         "--table", "transactions"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fedtrace.cli",
+            "node",
+            "ingest",
+            str(node_dir),
+            str(big),
+            "--table",
+            "transactions",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and ingest.poll() is None:
@@ -297,13 +353,15 @@ def test_load_20_investigators_10_queries_each(faults: Federation) -> None:
             items = tuple(dict.fromkeys(canonical_address(x) for x in rng.sample(pool, 50)))
             query = MatchQuery("wallets", f"LOAD-{number}", "MLA", "wallet", items, INVESTIGATOR)
             started = time.monotonic()
-            results = run_match(federation, query, transports, transports.ca_pem,
-                                cache=FilterCache(None))
+            results = run_match(
+                federation, query, transports, transports.ca_pem, cache=FilterCache(None)
+            )
             elapsed = time.monotonic() - started
             with lock:
                 figures.latencies.append(elapsed)
             wrong = [
-                f"{r.node}: {r.status} {r.reason}" for r in results
+                f"{r.node}: {r.status} {r.reason}"
+                for r in results
                 if r.status != "ok" or r.matched != _oracle(faults.data, list(items), r.node)
             ]
             with lock:
@@ -319,7 +377,9 @@ def test_load_20_investigators_10_queries_each(faults: Federation) -> None:
     latencies = sorted(figures.latencies)
     p50 = statistics.median(latencies)
     p99 = latencies[int(0.99 * len(latencies)) - 1]
-    print(f"\nLOAD 200 queries x 3 nodes: wall {wall:.1f} s, p50 {p50 * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    print(
+        f"\nLOAD 200 queries x 3 nodes: wall {wall:.1f} s, p50 {p50 * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
     for node in faults.nodes.values():
         assert node.process is not None and node.process.poll() is None

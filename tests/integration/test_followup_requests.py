@@ -63,8 +63,13 @@ def _oracle(database: Path) -> tuple[list[str], dict[str, dict[str, object]]]:
     ).fetchall()
     con.close()
     oracle = {
-        r[0]: {"tx_count": r[1], "total_in_eur": str(r[2]), "first_seen": r[3],
-               "last_seen": r[4], "linked_subjects": list(r[5] or [])}
+        r[0]: {
+            "tx_count": r[1],
+            "total_in_eur": str(r[2]),
+            "first_seen": r[3],
+            "last_seen": r[4],
+            "linked_subjects": list(r[5] or []),
+        }
         for r in rows
     }
     linked = [a for a, v in oracle.items() if v["linked_subjects"]]
@@ -78,12 +83,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     init_ca(root / "ca")
     generate_federation_data(root / "data", ("EE",), 400, seed=5)
     node_dir = root / "EE"
-    fedtrace("node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"),
-             check=True)
+    fedtrace(
+        "node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"), check=True
+    )
     (node_dir / "policy.toml").write_text(POLICY)
     for table in ("transactions", "subjects", "subject_wallets"):
-        fedtrace("node", "ingest", str(node_dir), str(root / "data" / "EE" / f"{table}.csv"),
-                 "--table", table, check=True)
+        fedtrace(
+            "node",
+            "ingest",
+            str(node_dir),
+            str(root / "data" / "EE" / f"{table}.csv"),
+            "--table",
+            table,
+            check=True,
+        )
     held, oracle = _oracle(node_dir / "node.duckdb")
     issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
     node = NodeProcess("EE", node_dir)
@@ -96,9 +109,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     )
     watchlist = root / "watchlist.txt"
     watchlist.write_text("\n".join(held) + "\n")
-    done = fedtrace("query", "match", "--federation", str(fed), "--watchlist", str(watchlist),
-                    "--dataset", "wallets", "--case", CASE, "--legal-basis", "MLA",
-                    "--format", "json")
+    done = fedtrace(
+        "query",
+        "match",
+        "--federation",
+        str(fed),
+        "--watchlist",
+        str(watchlist),
+        "--dataset",
+        "wallets",
+        "--case",
+        CASE,
+        "--legal-basis",
+        "MLA",
+        "--format",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["match_count"] == len(held)
     yield Setup(root, node, fed, held, oracle)
@@ -106,16 +132,33 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def _request(s: Setup, kind: str, item: str, *extra: str, case: str = CASE) -> tuple[int, dict]:
-    done = fedtrace("request", kind, "--federation", str(s.fed), "--node", "EE", "--dataset",
-                    "wallets", "--item", item, "--case", case, "--legal-basis", "MLA",
-                    "--format", "json", *extra)
+    done = fedtrace(
+        "request",
+        kind,
+        "--federation",
+        str(s.fed),
+        "--node",
+        "EE",
+        "--dataset",
+        "wallets",
+        "--item",
+        item,
+        "--case",
+        case,
+        "--legal-basis",
+        "MLA",
+        "--format",
+        "json",
+        *extra,
+    )
     assert done.stdout.startswith("{"), done.stderr
     return done.returncode, json.loads(done.stdout)
 
 
 def _status(s: Setup) -> dict[str, dict]:
-    done = fedtrace("request", "status", "--federation", str(s.fed), "--case", CASE,
-                    "--format", "json")
+    done = fedtrace(
+        "request", "status", "--federation", str(s.fed), "--case", CASE, "--format", "json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)["results"][0]
     return {r["request_id"]: r for r in result["requests"]}
@@ -139,8 +182,11 @@ def test_request_without_an_earlier_match_is_refused(setup: Setup) -> None:
         "EE has answered no match by FR under case 'CASE-OTHER' on dataset 'wallets'; "
         "a follow-up request must follow a match under the same case"
     )
-    refused = [e for e in _audit(setup, "query")
-               if e["kind"] == "disclose" and e["case_ref"] == "CASE-OTHER"]
+    refused = [
+        e
+        for e in _audit(setup, "query")
+        if e["kind"] == "disclose" and e["case_ref"] == "CASE-OTHER"
+    ]
     assert refused and refused[-1]["outcome"] == "refused"
 
 
@@ -153,9 +199,22 @@ def test_item_not_held_answers_no_record(setup: Setup) -> None:
 
 
 def test_bad_item_and_bad_fields(setup: Setup) -> None:
-    done = fedtrace("request", "disclose", "--federation", str(setup.fed), "--node", "EE",
-                    "--dataset", "wallets", "--item", "0xnot-an-address", "--case", CASE,
-                    "--legal-basis", "MLA")
+    done = fedtrace(
+        "request",
+        "disclose",
+        "--federation",
+        str(setup.fed),
+        "--node",
+        "EE",
+        "--dataset",
+        "wallets",
+        "--item",
+        "0xnot-an-address",
+        "--case",
+        CASE,
+        "--legal-basis",
+        "MLA",
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("fedtrace: error: --item is not a valid wallet: ")
     code, report = _request(setup, "disclose", setup.held[1], "--fields", "tx_count,full_name")
@@ -171,19 +230,32 @@ def test_pending_then_partly_approved_with_signed_fields(setup: Setup) -> None:
     assert code == 0
     request_id = report["results"][0]["request_id"]
     assert report["results"][0]["state"] == "pending"
-    listed = json.loads(_officer(setup, "requests", str(setup.node.node_dir), "--pending",
-                                 "--format", "json"))
+    listed = json.loads(
+        _officer(setup, "requests", str(setup.node.node_dir), "--pending", "--format", "json")
+    )
     mine = [r for r in listed["requests"] if r["request_id"] == request_id]
     assert mine and mine[0]["item"] == item and mine[0]["reason"] == "funds moved on 3 Nov"
-    out = _officer(setup, "approve", str(setup.node.node_dir), request_id,
-                   "--fields", "tx_count,first_seen,linked_subjects", "--reason", "per MLA")
+    out = _officer(
+        setup,
+        "approve",
+        str(setup.node.node_dir),
+        request_id,
+        "--fields",
+        "tx_count,first_seen,linked_subjects",
+        "--reason",
+        "per MLA",
+    )
     assert out.startswith(f"{request_id}: partly approved; disclosed tx_count, first_seen, ")
     status = _status(setup)[request_id]
     expected = setup.oracle[item]
     assert status["state"] == "partly-approved"
-    assert status["disclosed"] == [{"tx_count": expected["tx_count"],
-                                    "first_seen": expected["first_seen"],
-                                    "linked_subjects": expected["linked_subjects"]}]
+    assert status["disclosed"] == [
+        {
+            "tx_count": expected["tx_count"],
+            "first_seen": expected["first_seen"],
+            "linked_subjects": expected["linked_subjects"],
+        }
+    ]
     assert status["fields_withheld"] == ["total_in_eur", "last_seen"]
     assert status["signature"]["algorithm"] == "ecdsa-p256-sha256"
     approved = [e for e in _audit(setup, "request-approved") if e["request"] == request_id]
@@ -191,8 +263,20 @@ def test_pending_then_partly_approved_with_signed_fields(setup: Setup) -> None:
     assert item not in json.dumps(approved)  # the audit never holds the identifier
 
     out_dir = setup.root / "evidence"
-    done = fedtrace("request", "export", "--federation", str(setup.fed), "--case", CASE,
-                    "--node", "EE", "--id", request_id, "--out", str(out_dir))
+    done = fedtrace(
+        "request",
+        "export",
+        "--federation",
+        str(setup.fed),
+        "--case",
+        CASE,
+        "--node",
+        "EE",
+        "--id",
+        request_id,
+        "--out",
+        str(out_dir),
+    )
     assert done.returncode == 0, done.stderr
     [record_file] = out_dir.glob("*.json")
     assert (out_dir / (record_file.stem + ".html")).read_text().count("per MLA") == 1
@@ -214,8 +298,9 @@ def test_refusal(setup: Setup) -> None:
     request_id = report["results"][0]["request_id"]
     done = fedtrace("node", "refuse", str(setup.node.node_dir), request_id)
     assert done.returncode == 2 and "--reason" in done.stderr
-    out = _officer(setup, "refuse", str(setup.node.node_dir), request_id, "--reason",
-                   "not proportionate")
+    out = _officer(
+        setup, "refuse", str(setup.node.node_dir), request_id, "--reason", "not proportionate"
+    )
     assert out == f"{request_id}: refused (not proportionate)\n"
     status = _status(setup)[request_id]
     assert status["state"] == "refused" and status["disclosed"] == []
@@ -228,8 +313,10 @@ def test_expiry_reported_to_both_sides(setup: Setup) -> None:
     _, report = _request(setup, "disclose", setup.held[3])
     request_id = report["results"][0]["request_id"]
     with NodeDatabase(setup.node.node_dir / "node.duckdb").session() as con:
-        con.execute("UPDATE followup_requests SET deadline = '2020-01-01T00:00:00Z' "
-                    "WHERE request_id = ?", [request_id])
+        con.execute(
+            "UPDATE followup_requests SET deadline = '2020-01-01T00:00:00Z' WHERE request_id = ?",
+            [request_id],
+        )
     table = _officer(setup, "requests", str(setup.node.node_dir))
     assert "EXPIRED" in table and request_id in table
     status = _status(setup)[request_id]
@@ -252,9 +339,11 @@ def test_preservation_recorded_and_audited(setup: Setup) -> None:
     status = _status(setup)[request_id]
     assert status["state"] == "approved" and status["disclosed"] == []
     assert status["preserved_until"]
-    audited = [e for e in entries(setup.node.node_dir / AUDIT_DIR)
-               if e.get("request") == request_id or
-               (e.get("details") or {}).get("request") == request_id]
+    audited = [
+        e
+        for e in entries(setup.node.node_dir / AUDIT_DIR)
+        if e.get("request") == request_id or (e.get("details") or {}).get("request") == request_id
+    ]
     assert [e["event"] for e in audited] == ["query", "request-approved"]
     assert audited[1]["preservation_days"] == 30
     verify = fedtrace("audit", "verify", str(setup.node.node_dir))

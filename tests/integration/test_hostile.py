@@ -68,18 +68,32 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     data = generate_federation_data(root / "data", ("EE",), 600, seed=5)
     fed = Federation(root=root, data=data)
     node_dir = root / "nodes" / "EE"
-    fedtrace("node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"),
-             check=True)
+    fedtrace(
+        "node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"), check=True
+    )
     (node_dir / "policy.toml").write_text(
         'jurisdiction = "EE"\nversion = "ee-h1"\n[[grant]]\npartners = ["FR"]\n'
         'datasets = ["wallets"]\ndisclosure = "membership"\nmax_items_per_query = 1000\n'
     )
-    fedtrace("node", "ingest", str(node_dir), str(root / "data" / "EE" / "transactions.csv"),
-             "--table", "transactions", check=True)
+    fedtrace(
+        "node",
+        "ingest",
+        str(node_dir),
+        str(root / "data" / "EE" / "transactions.csv"),
+        "--table",
+        "transactions",
+        check=True,
+    )
     issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
     issue(root / "ca", root / "revoked-inv", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    issue(root / "ca", root / "expired-inv", name=INVESTIGATOR, role=ROLE_INVESTIGATOR, days=30,
-          _not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=60))
+    issue(
+        root / "ca",
+        root / "expired-inv",
+        name=INVESTIGATOR,
+        role=ROLE_INVESTIGATOR,
+        days=30,
+        _not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=60),
+    )
     init_ca(root / "rogue-ca")
     issue(root / "rogue-ca", root / "rogue", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
     fed.nodes["EE"] = NodeProcess("EE", node_dir)
@@ -97,7 +111,8 @@ def _channel(fed: Federation, who: str = "investigator") -> grpc.Channel:
         certificate_chain=(fed.root / who / "cert.pem").read_bytes(),
     )
     return grpc.secure_channel(
-        fed.nodes["EE"].address, credentials,
+        fed.nodes["EE"].address,
+        credentials,
         options=[("grpc.ssl_target_name_override", server_name("EE", ROLE_NODE))],
     )
 
@@ -105,10 +120,14 @@ def _channel(fed: Federation, who: str = "investigator") -> grpc.Channel:
 def _state(fed: Federation) -> tuple[object, ...]:
     """What must not change: usage ledger, data version, rows, ingests, epochs."""
     with store.NodeDatabase(fed.nodes["EE"].node_dir / "node.duckdb").session() as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
-                  .fetchall()}
-        usage = con.execute("SELECT * FROM policy_usage ORDER BY ALL").fetchall() \
-            if "policy_usage" in tables else []
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        usage = (
+            con.execute("SELECT * FROM policy_usage ORDER BY ALL").fetchall()
+            if "policy_usage" in tables
+            else []
+        )
         return (
             usage,
             store.data_version(con),
@@ -162,22 +181,34 @@ def test_random_bytes_as_every_rpcs_request(hostile: Federation) -> None:
 
 
 def _evaluate(
-    channel: grpc.Channel, blob: bytes, count: int, *, nonce: bytes | None = None,
-    when_ms: int | None = None, messages: list[node_pb2.EvaluateRequest] | None = None,
+    channel: grpc.Channel,
+    blob: bytes,
+    count: int,
+    *,
+    nonce: bytes | None = None,
+    when_ms: int | None = None,
+    messages: list[node_pb2.EvaluateRequest] | None = None,
 ) -> tuple[grpc.StatusCode, str]:
     stub = node_pb2_grpc.NodeServiceStub(channel)
     info = stub.GetInfo(node_pb2.GetInfoRequest(), timeout=10)
     epoch = next(d.epoch_id for d in info.datasets if d.name == "wallets")
     header = node_pb2.EvaluateHeader(
         context=node_pb2.QueryContext(
-            case_ref="H-1", legal_basis="MLA", nonce=os.urandom(16) if nonce is None else nonce,
+            case_ref="H-1",
+            legal_basis="MLA",
+            nonce=os.urandom(16) if nonce is None else nonce,
             timestamp_unix_ms=int(time.time() * 1000) if when_ms is None else when_ms,
         ),
-        dataset="wallets", epoch_id=epoch, disclosure=3, item_count=count,
+        dataset="wallets",
+        epoch_id=epoch,
+        disclosure=3,
+        item_count=count,
     )
     if messages is None:
-        messages = [node_pb2.EvaluateRequest(header=header),
-                    node_pb2.EvaluateRequest(points=node_pb2.PointBatch(points=blob))]
+        messages = [
+            node_pb2.EvaluateRequest(header=header),
+            node_pb2.EvaluateRequest(points=node_pb2.PointBatch(points=blob)),
+        ]
     try:
         list(stub.Evaluate(iter(messages), timeout=20))
     except grpc.RpcError as exc:
@@ -241,8 +272,10 @@ def test_a_replayed_request_is_refused_already_exists(hostile: Federation) -> No
     assert code == grpc.StatusCode.ALREADY_EXISTS
     assert "replayed request" in details
     assert _state(hostile) == before  # refused before any charge
-    entries = [json.loads(x) for x in
-               (hostile.nodes["EE"].node_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(x)
+        for x in (hostile.nodes["EE"].node_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
     assert entries[-1]["code"] == "ALREADY_EXISTS" and entries[-1]["outcome"] == "refused"
     _restart(hostile)  # the guard is seeded from the audit trail: a restart opens no gap
     with _channel(hostile) as channel:
@@ -287,8 +320,15 @@ def test_foreign_and_expired_certificates_are_refused(
 
 def test_a_revoked_certificate_is_unauthenticated_and_audited(hostile: Federation) -> None:
     revoked_cert = hostile.root / "revoked-inv" / "cert.pem"
-    done = fedtrace("pki", "revoke", str(hostile.root / "ca"), "--cert", str(revoked_cert),
-                    "--reason", "key compromise")
+    done = fedtrace(
+        "pki",
+        "revoke",
+        str(hostile.root / "ca"),
+        "--cert",
+        str(revoked_cert),
+        "--reason",
+        "key compromise",
+    )
     assert done.returncode == 0, done.stderr
     node_dir = hostile.nodes["EE"].node_dir
     shutil.copy(hostile.root / "ca" / "revoked.toml", node_dir / "tls" / "revoked.toml")
@@ -312,13 +352,25 @@ def test_a_revoked_certificate_is_unauthenticated_and_audited(hostile: Federatio
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("quoting.csv", b'tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"a,b\n',
-         "broken CSV"),
-        ("latin1.csv", b"tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"
-         b"t1,eth,\xe9\xe9,0x1,1.00,2026-01-01T00:00:00Z\n", "line 2: not UTF-8 text"),
-        ("huge.csv", b"tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"
-         + b'"' + b"a" * (2 << 20) + b'",eth,0x1,0x2,1.00,2026-01-01T00:00:00Z\n',
-         "broken CSV"),
+        (
+            "quoting.csv",
+            b'tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"a,b\n',
+            "broken CSV",
+        ),
+        (
+            "latin1.csv",
+            b"tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"
+            b"t1,eth,\xe9\xe9,0x1,1.00,2026-01-01T00:00:00Z\n",
+            "line 2: not UTF-8 text",
+        ),
+        (
+            "huge.csv",
+            b"tx_hash,chain,from_address,to_address,amount_eur,timestamp\n"
+            + b'"'
+            + b"a" * (2 << 20)
+            + b'",eth,0x1,0x2,1.00,2026-01-01T00:00:00Z\n',
+            "broken CSV",
+        ),
         ("empty.csv", b"", "empty file, expected a CSV header line"),
     ],
 )
@@ -328,8 +380,9 @@ def test_hostile_csv_ingest_is_a_one_line_error_and_changes_nothing(
     path = hostile.root / name
     path.write_bytes(content)
     before = _state(hostile)
-    done = fedtrace("node", "ingest", str(hostile.nodes["EE"].node_dir), str(path), "--table",
-                    "transactions")
+    done = fedtrace(
+        "node", "ingest", str(hostile.nodes["EE"].node_dir), str(path), "--table", "transactions"
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("fedtrace: error: ") and message in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -1,6 +1,6 @@
 """`fedtrace report verify` on saved aggregate and overlap reports: real nodes, the real CLI.
 
-Two nodes (EE, SG) grant the investigator FR noisy aggregates and an overlap census
+Two nodes (EE, SG) grant the investigator FR noisy aggregates and an overlap query
 over `wallets` (SG with min_cohort 2). Each report kind is saved once with
 `--format json --out`, verifies, and every kind of tampering fails with exit 1
 naming what fails: a figure, the transcript, the node signature, a certificate from
@@ -30,15 +30,30 @@ COLUMNS = ("total_in_eur", "tx_count")
 
 def _policy(code: str) -> str:
     cohort = 2 if code == "SG" else 1
-    return "\n".join([
-        f'jurisdiction = "{code}"', f'version = "{code.lower()}-verify-1"', "",
-        "[[grant]]", 'partners = ["FR"]', 'datasets = ["wallets"]', 'disclosure = "aggregate"',
-        "max_items_per_query = 1000", f"aggregate_columns = {json.dumps(list(COLUMNS))}",
-        "clip = { total_in_eur = [0, 100000000], tx_count = [0, 100000] }",
-        f"min_cohort = {cohort}", "epsilon_per_query = 1.0", "",
-        "[[grant]]", 'partners = ["FR"]', 'datasets = ["wallets"]', 'disclosure = "overlap"',
-        "reveal_to_owner = false", f"min_cohort = {cohort}", "",
-    ])
+    return "\n".join(
+        [
+            f'jurisdiction = "{code}"',
+            f'version = "{code.lower()}-verify-1"',
+            "",
+            "[[grant]]",
+            'partners = ["FR"]',
+            'datasets = ["wallets"]',
+            'disclosure = "aggregate"',
+            "max_items_per_query = 1000",
+            f"aggregate_columns = {json.dumps(list(COLUMNS))}",
+            "clip = { total_in_eur = [0, 100000000], tx_count = [0, 100000] }",
+            f"min_cohort = {cohort}",
+            "epsilon_per_query = 1.0",
+            "",
+            "[[grant]]",
+            'partners = ["FR"]',
+            'datasets = ["wallets"]',
+            'disclosure = "overlap"',
+            "reveal_to_owner = false",
+            f"min_cohort = {cohort}",
+            "",
+        ]
+    )
 
 
 @dataclass
@@ -61,8 +76,11 @@ class Saved:
     def resign(self, report: dict[str, Any]) -> dict[str, Any]:
         """The investigator re-signs a report it altered: only the node signatures can tell."""
         body = {k: v for k, v in report.items() if k != "investigator_signature"}
-        return sign_report(body, (self.root / "investigator" / "key.pem").read_bytes(),
-                           (self.root / "investigator" / "cert.pem").read_bytes())
+        return sign_report(
+            body,
+            (self.root / "investigator" / "key.pem").read_bytes(),
+            (self.root / "investigator" / "cert.pem").read_bytes(),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +91,42 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
     nodes: dict[str, NodeProcess] = {}
     for code in CODES:
         node_dir = root / "nodes" / code
-        fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"),
-                 check=True)
+        fedtrace(
+            "node",
+            "init",
+            str(node_dir),
+            "--jurisdiction",
+            code,
+            "--ca",
+            str(root / "ca"),
+            check=True,
+        )
         (node_dir / "policy.toml").write_text(_policy(code))
-        fedtrace("node", "ingest", str(node_dir), str(root / "data" / code / "transactions.csv"),
-                 "--table", "transactions", check=True)
+        fedtrace(
+            "node",
+            "ingest",
+            str(node_dir),
+            str(root / "data" / code / "transactions.csv"),
+            "--table",
+            "transactions",
+            check=True,
+        )
         nodes[code] = NodeProcess(code, node_dir)
     issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
     try:
         for node in nodes.values():
             node.start()
-        lines = ["[investigator]", 'name = "FR"', 'cert = "investigator/cert.pem"',
-                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
-                 "deadline_seconds = 60", ""]
+        lines = [
+            "[investigator]",
+            'name = "FR"',
+            'cert = "investigator/cert.pem"',
+            'key = "investigator/key.pem"',
+            'ca = "ca/ca.pem"',
+            "",
+            "[query]",
+            "deadline_seconds = 60",
+            "",
+        ]
         for code, node in nodes.items():
             lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
         fed = root / "federation.toml"
@@ -96,16 +137,45 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
         reports = {}
         for name, extra in (("aggregate", ()), ("total", ("--total-only",))):
             out = root / f"saved-{name}.json"
-            done = fedtrace("query", "aggregate", "--federation", str(fed), "--watchlist",
-                            str(watchlist), "--dataset", "wallets", "--case", "CASE-V",
-                            "--legal-basis", "MLA", *(a for c in COLUMNS for a in ("--sum", c)),
-                            *extra, "--format", "json", "--out", str(out))
+            done = fedtrace(
+                "query",
+                "aggregate",
+                "--federation",
+                str(fed),
+                "--watchlist",
+                str(watchlist),
+                "--dataset",
+                "wallets",
+                "--case",
+                "CASE-V",
+                "--legal-basis",
+                "MLA",
+                *(a for c in COLUMNS for a in ("--sum", c)),
+                *extra,
+                "--format",
+                "json",
+                "--out",
+                str(out),
+            )
             assert done.returncode == 0, done.stderr
             reports[name] = json.loads(out.read_text())
         out = root / "saved-overlap.json"
-        done = fedtrace("query", "overlap", "--federation", str(fed), "--dataset", "wallets",
-                        "--case", "CASE-V", "--legal-basis", "MLA", "--format", "json",
-                        "--out", str(out))
+        done = fedtrace(
+            "query",
+            "overlap",
+            "--federation",
+            str(fed),
+            "--dataset",
+            "wallets",
+            "--case",
+            "CASE-V",
+            "--legal-basis",
+            "MLA",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+        )
         assert done.returncode == 0, done.stderr
         reports["overlap"] = json.loads(out.read_text())
         yield Saved(root, reports["aggregate"], reports["total"], reports["overlap"])
@@ -127,7 +197,7 @@ def test_saved_reports_verify(saved: Saved, kind: str) -> None:
     if kind == "total":
         assert "ok    total: over EE, SG, agrees with the signed terms" in out
     if kind == "overlap":
-        assert "ok    census: 2 participants; counts within what they signed (min_cohort 2)" in out
+        assert "ok    overlap: 2 participants; counts within what they signed (min_cohort 2)" in out
 
 
 def test_the_saved_reports_carry_what_verification_needs(saved: Saved) -> None:
@@ -135,12 +205,13 @@ def test_the_saved_reports_carry_what_verification_needs(saved: Saved) -> None:
         signed = result["signature"]["transcript"]
         assert result["min_cohort"] == signed["min_cohort"] == (2 if result["node"] == "SG" else 1)
         assert result["signature"]["certificate_pem"].startswith("-----BEGIN CERTIFICATE-----")
-        assert set(result["noise_scale"]) == {"match_count", *COLUMNS} or result["match_count"] \
-            == f"< {signed['min_cohort']}"
+        assert (
+            set(result["noise_scale"]) == {"match_count", *COLUMNS}
+            or result["match_count"] == f"< {signed['min_cohort']}"
+        )
     for result in saved.overlap["results"]:
         signed = result["signature"]["transcript"]
-        assert (signed["min_cohort"], signed["reveal_to_owner"]) == (
-            result["min_cohort"], False)
+        assert (signed["min_cohort"], signed["reveal_to_owner"]) == (result["min_cohort"], False)
         assert signed["set_size"] == result["set_size"]
 
 
@@ -169,14 +240,22 @@ def _first_noisy(result: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("figure", "NOT valid: the report was altered after the investigator signed it "
-                   "(its digest does not match)"),
+        (
+            "figure",
+            "NOT valid: the report was altered after the investigator signed it "
+            "(its digest does not match)",
+        ),
         ("figure-alone", "NOT valid: EE: interval_95 of tx_count shows "),
         ("transcript", "NOT valid: EE: the transcript was altered (its digest does not match)"),
-        ("signature", "NOT valid: EE: the signature is not EE's signature over this transcript "
-                      "(forged or altered)"),
-        ("certificate", "NOT valid: EE: the signing certificate does not chain to the "
-                        "federation CA"),
+        (
+            "signature",
+            "NOT valid: EE: the signature is not EE's signature over this transcript "
+            "(forged or altered)",
+        ),
+        (
+            "certificate",
+            "NOT valid: EE: the signing certificate does not chain to the federation CA",
+        ),
         ("resigned-min-cohort", "NOT valid: EE: min_cohort shows 3 but the node signed 1"),
         ("resigned-interval", "NOT valid: EE: interval_95 of "),
         ("resigned-noise", "NOT valid: EE: noise_scale shows "),
@@ -238,7 +317,8 @@ def test_a_figure_shown_below_the_signed_min_cohort_fails(saved: Saved) -> None:
     assert code == 1
     assert err.splitlines()[-1].endswith(
         "NOT valid: SG: match_count 1 is below the min_cohort 2 the node signed, so its figures "
-        "must be withheld")
+        "must be withheld"
+    )
 
 
 def test_tampered_total_only_report_fails(saved: Saved) -> None:
@@ -256,27 +336,42 @@ def test_tampered_total_only_report_fails(saved: Saved) -> None:
     assert code == 1
     assert err.splitlines()[-1].endswith(
         "NOT valid: EE: it shows match_count, but the node answered total-only (its own figures "
-        "are masked)")
+        "are masked)"
+    )
 
 
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("figure", "NOT valid: the report was altered after the investigator signed it "
-                   "(its digest does not match)"),
+        (
+            "figure",
+            "NOT valid: the report was altered after the investigator signed it "
+            "(its digest does not match)",
+        ),
         ("transcript", "NOT valid: EE: the transcript was altered (its digest does not match)"),
-        ("signature", "NOT valid: EE: the signature is not EE's signature over this transcript "
-                      "(forged or altered)"),
-        ("certificate", "NOT valid: EE: the signing certificate does not chain to the "
-                        "federation CA"),
-        ("figure-suppressed", "NOT valid: census: groups EE+SG shows '< 5' but the "
-                              "participants signed min_cohort 2"),
+        (
+            "signature",
+            "NOT valid: EE: the signature is not EE's signature over this transcript "
+            "(forged or altered)",
+        ),
+        (
+            "certificate",
+            "NOT valid: EE: the signing certificate does not chain to the federation CA",
+        ),
+        (
+            "figure-suppressed",
+            "NOT valid: overlap: groups EE+SG shows '< 5' but the participants signed min_cohort 2",
+        ),
         ("resigned-set-size", "NOT valid: EE: set_size shows 1 but the node signed "),
-        ("resigned-census-id", "NOT valid: EE: census_id shows 'forged' but the node signed "),
-        ("resigned-cohort", "NOT valid: census: census min_cohort shows 1 but the participants "
-                            "signed at most 2"),
-        ("resigned-count", "NOT valid: census: groups EE+SG shows 1, below the signed "
-                           "min_cohort 2"),
+        ("resigned-overlap-id", "NOT valid: EE: overlap_id shows 'forged' but the node signed "),
+        (
+            "resigned-cohort",
+            "NOT valid: overlap: overlap min_cohort shows 1 but the participants signed at most 2",
+        ),
+        (
+            "resigned-count",
+            "NOT valid: overlap: groups EE+SG shows 1, below the signed min_cohort 2",
+        ),
     ],
 )
 def test_tampered_overlap_report_fails(saved: Saved, case: str, expected: str) -> None:
@@ -297,10 +392,10 @@ def test_tampered_overlap_report_fails(saved: Saved, case: str, expected: str) -
             signature["certificate_pem"] = _other_ca_certificate(saved)
         elif case == "resigned-set-size":
             result["set_size"] = 1
-        elif case == "resigned-census-id":
-            document["census"]["census_id"] = "forged"
+        elif case == "resigned-overlap-id":
+            document["overlap"]["overlap_id"] = "forged"
         elif case == "resigned-cohort":
-            document["census"]["min_cohort"] = 1
+            document["overlap"]["min_cohort"] = 1
         elif case == "resigned-count":
             document["groups"][0]["count"] = 1
 

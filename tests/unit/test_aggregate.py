@@ -34,8 +34,9 @@ def test_exact_sums_against_oracle(secret: he.SecretHeContext, rows: int) -> Non
     positions = sorted(rng.sample(range(rows), rows // 5)) if rows else []
     columns = {
         aggregate.COUNT_COLUMN: [1] * rows,
-        "total_in_eur": aggregate.clip([rng.randrange(-10, 10**11) for _ in range(rows)], 0,
-                                       10**11),
+        "total_in_eur": aggregate.clip(
+            [rng.randrange(-10, 10**11) for _ in range(rows)], 0, 10**11
+        ),
     }
     public = he.PublicHeContext.from_bytes(secret.public_bytes())
     cts = secret.encrypt_indicator(aggregate.indicator(rows, positions))
@@ -76,8 +77,10 @@ def test_pairwise_masks_cancel(tmp_path: Path, count: int) -> None:
     keys = _node_keys(tmp_path, codes)
     certs = {code: cert for code, (_, cert) in keys.items()}
     nonce = b"n" * 16
-    masks = {code: aggregate.pairwise_mask(keys[code][0], certs, code, nonce, ["a", "b"])
-             for code in codes}
+    masks = {
+        code: aggregate.pairwise_mask(keys[code][0], certs, code, nonce, ["a", "b"])
+        for code in codes
+    }
     for column in ("a", "b"):
         assert sum(m[column] for m in masks.values()) % he.PLAIN_MODULUS == 0
         assert all(m[column] for m in masks.values())

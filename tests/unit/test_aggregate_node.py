@@ -25,18 +25,37 @@ from node.policy import Grant, Level
 from node.table_order import ordered_table, table_order
 
 
-def _grant(noise: bool = True, clip: tuple[tuple[str, float, float], ...] = (
-        ("total_in_eur", 0.5, 1000.25), ("tx_count", 0, 50))) -> Grant:
-    return Grant(partners=("FR",), datasets=("wallets",), disclosure=Level.AGGREGATE,
-                 max_items_per_query=100, aggregate_columns=("total_in_eur", "tx_count"),
-                 clip=clip, noise=noise, epsilon_per_query=1.0)
+def _grant(
+    noise: bool = True,
+    clip: tuple[tuple[str, float, float], ...] = (
+        ("total_in_eur", 0.5, 1000.25),
+        ("tx_count", 0, 50),
+    ),
+) -> Grant:
+    return Grant(
+        partners=("FR",),
+        datasets=("wallets",),
+        disclosure=Level.AGGREGATE,
+        max_items_per_query=100,
+        aggregate_columns=("total_in_eur", "tx_count"),
+        clip=clip,
+        noise=noise,
+        epsilon_per_query=1.0,
+    )
 
 
 def _table(rows: int = 4) -> AggregateTable:
     columns = {"total_in_eur": [0, 10, 200_000, -7][:rows], "tx_count": [1, 99, 3, 4][:rows]}
-    return AggregateTable("wallets", "e1", rows, b"\0" * 8 * rows, b"", {"total_in_eur": 2,
-                          "tx_count": 0}, columns,
-                          {k: sum(abs(v) for v in c) for k, c in columns.items()})
+    return AggregateTable(
+        "wallets",
+        "e1",
+        rows,
+        b"\0" * 8 * rows,
+        b"",
+        {"total_in_eur": 2, "tx_count": 0},
+        columns,
+        {k: sum(abs(v) for v in c) for k, c in columns.items()},
+    )
 
 
 def test_table_order_is_a_secret_permutation_recomputable_from_the_key() -> None:
@@ -60,8 +79,11 @@ def test_plan_splits_epsilon_and_clips_in_cents() -> None:
     assert money.noise.scale == pytest.approx(100_025 / 0.5)
     assert txs.bounds == (0, 50) and txs.noise.scale == pytest.approx(100.0)
     values = figure_values(_table(), plans)
-    assert values == {COUNT_COLUMN: [1, 1, 1, 1], "total_in_eur": [50, 50, 100_025, 50],
-                      "tx_count": [1, 50, 3, 4]}
+    assert values == {
+        COUNT_COLUMN: [1, 1, 1, 1],
+        "total_in_eur": [50, 50, 100_025, 50],
+        "tx_count": [1, 50, 3, 4],
+    }
 
 
 def test_noise_off_keeps_values_exact_and_unnoised() -> None:
@@ -72,8 +94,9 @@ def test_noise_off_keeps_values_exact_and_unnoised() -> None:
 
 def test_clip_bounds_beyond_the_exact_range_are_refused() -> None:
     huge = (("total_in_eur", 0, 1e16), ("tx_count", 0, 1))
-    with pytest.raises(AggregateUnavailable,
-                       match=r"column 'total_in_eur' could sum beyond the exact range"):
+    with pytest.raises(
+        AggregateUnavailable, match=r"column 'total_in_eur' could sum beyond the exact range"
+    ):
         plan_figures(_grant(noise=False, clip=huge), _table(), ["total_in_eur"], 0.0)
     with pytest.raises(AggregateUnavailable, match=r"noise scale 2e\+18 is too large"):
         plan_figures(_grant(clip=huge), _table(), ["total_in_eur"], 1.0)
@@ -91,10 +114,12 @@ def test_noise_spread_matches_the_declared_scale() -> None:
 
 
 def test_masked_per_node_figures_sum_to_the_total() -> None:
-    summary = aggregate_pb2.AggregateSummary(noise=[
-        aggregate_pb2.FigureNoise(figure=COUNT_COLUMN, scale=0, half_width_95=0),
-        aggregate_pb2.FigureNoise(figure="total_in_eur", scale=0, half_width_95=0, decimals=2),
-    ])
+    summary = aggregate_pb2.AggregateSummary(
+        noise=[
+            aggregate_pb2.FigureNoise(figure=COUNT_COLUMN, scale=0, half_width_95=0),
+            aggregate_pb2.FigureNoise(figure="total_in_eur", scale=0, half_width_95=0, decimals=2),
+        ]
+    )
     mask = 123456789123
     a = {COUNT_COLUMN: (5 + mask) % PLAIN_MODULUS, "total_in_eur": (1050 - mask) % PLAIN_MODULUS}
     b = {COUNT_COLUMN: (7 - mask) % PLAIN_MODULUS, "total_in_eur": (25 + mask) % PLAIN_MODULUS}
@@ -105,8 +130,9 @@ def test_masked_per_node_figures_sum_to_the_total() -> None:
 
 def test_pending_query_answers_once_and_expires() -> None:
     pending = PendingQueries(seconds=60)
-    query = PendingAggregate(b"q" * 16, "fp", _table(), [], 0.0, False, 1, 3, "", "", "r", "FR",
-                             "C", "", "", 0, "v1")
+    query = PendingAggregate(
+        b"q" * 16, "fp", _table(), [], 0.0, False, 1, 3, "", "", "r", "FR", "C", "", "", 0, "v1"
+    )
     pending.put(query)
     assert pending.take(b"q" * 16) is query
     assert pending.take(b"q" * 16) is None

@@ -69,8 +69,9 @@ def test_json_output_is_one_object(
     assert report["figures"][0]["method"] == "fake"
 
 
-def test_aggregate_rows_and_targets(monkeypatch: pytest.MonkeyPatch,
-                                    quiet_bench: bench.Bench) -> None:
+def test_aggregate_rows_and_targets(
+    monkeypatch: pytest.MonkeyPatch, quiet_bench: bench.Bench
+) -> None:
     from fedtrace import aggregate
 
     calls: list[int] = []
@@ -78,8 +79,9 @@ def test_aggregate_rows_and_targets(monkeypatch: pytest.MonkeyPatch,
     def fake_query(n_records: int) -> dict[str, float]:
         calls.append(n_records)
         figures = dict.fromkeys(bench.AGGREGATE_FIGURES, 1.0)
-        figures.update(end_to_end_s=4.0, bytes_per_record_per_query=58.2 if n_records < 10**6
-                       else 31.7)
+        figures.update(
+            end_to_end_s=4.0, bytes_per_record_per_query=58.2 if n_records < 10**6 else 31.7
+        )
         return figures
 
     monkeypatch.setattr(aggregate, "measure_query", fake_query)
@@ -92,7 +94,7 @@ def test_aggregate_rows_and_targets(monkeypatch: pytest.MonkeyPatch,
     assert {f.section for f in quiet_bench.figures} == {"aggregate 100,000", "aggregate 1,000,000"}
 
 
-def test_census_runs_the_subprocess_and_reports_growth(
+def test_overlap_runs_the_subprocess_and_reports_growth(
     monkeypatch: pytest.MonkeyPatch, quiet_bench: bench.Bench, tmp_path: Path
 ) -> None:
     seen: list[list[str]] = []
@@ -100,18 +102,23 @@ def test_census_runs_the_subprocess_and_reports_growth(
     def fake_run(argv: list[str], **kwargs: object) -> object:
         seen.append(argv)
         wallets = int(argv[argv.index("--wallets") + 1])
-        result = {"census_seconds": 30.0, "setup_seconds": 20.0,
-                  "coordinator_peak_rss_mib": wallets / 1000,
-                  "node_peak_rss_mib": {"EE": wallets / 2000, "FR": 1.0},
-                  "statuses": {"EE": "ok", "FR": "ok"}}
+        result = {
+            "overlap_seconds": 30.0,
+            "setup_seconds": 20.0,
+            "coordinator_peak_rss_mib": wallets / 1000,
+            "node_peak_rss_mib": {"EE": wallets / 2000, "FR": 1.0},
+            "statuses": {"EE": "ok", "FR": "ok"},
+        }
         return subprocess.CompletedProcess(argv, 0, json.dumps(result), "")
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
-    bench.measure_census(quiet_bench, tmp_path, [100_000, 1_000_000])
-    assert [a[a.index("-m") + 1] for a in seen] == ["fedtrace.bench_census"] * 2
+    bench.measure_overlap(quiet_bench, tmp_path, [100_000, 1_000_000])
+    assert [a[a.index("-m") + 1] for a in seen] == ["fedtrace.bench_overlap"] * 2
     assert all(a[a.index("--nodes") + 1] == "3" and "--dir" in a for a in seen)
     growth = {f.name: f.value for f in quiet_bench.figures if f.section == "ratios"}
-    assert growth == {"census node RSS growth 100k -> 1M": 10.0,
-                      "census coordinator RSS growth 100k -> 1M": 10.0}
-    assert [t.name for t in quiet_bench.targets] == ["census 3 x 100k"]
+    assert growth == {
+        "overlap node RSS growth 100k -> 1M": 10.0,
+        "overlap coordinator RSS growth 100k -> 1M": 10.0,
+    }
+    assert [t.name for t in quiet_bench.targets] == ["overlap 3 x 100k"]
     assert quiet_bench.targets[0].met and not quiet_bench.notes

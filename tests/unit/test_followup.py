@@ -20,11 +20,16 @@ A = "0x52908400098527886e0f7030069857d2e4169ee7"
 B = "0xde709f2102306220921060314715629080e2fb77"
 NOW = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
 WALLETS = DatasetConfig(
-    "wallets", "wallet", WALLETS_SQL, "address", (),
+    "wallets",
+    "wallet",
+    WALLETS_SQL,
+    "address",
+    (),
     ("tx_count", "total_in_eur", "first_seen", "last_seen", "linked_subjects"),
 )
-SUBJECTS = DatasetConfig("subjects", "person", SUBJECTS_SQL, "", (),
-                         ("subject_id", "full_name", "nationality"))
+SUBJECTS = DatasetConfig(
+    "subjects", "person", SUBJECTS_SQL, "", (), ("subject_id", "full_name", "nationality")
+)
 
 
 @pytest.fixture
@@ -36,30 +41,56 @@ def database(tmp_path: Path) -> NodeDatabase:
             f"('t1', 'eth', '{A}', '{B}', 'ETH', 1, 100.50, '2026-01-02T03:04:05Z', NULL, 1),"
             f"('t2', 'eth', '{B}', '{A}', 'ETH', 1, 20.25, '2026-02-03T04:05:06Z', NULL, 1)"
         )
-        con.execute(f"INSERT INTO subject_wallets VALUES ('S-2', '{A}', 'eth', NULL, 1),"
-                    f"('S-1', '{A}', 'eth', NULL, 1)")
-        con.execute("INSERT INTO subjects VALUES ('S-1', 'Hans-Peter Müller', '1970-05-01', "
-                    "'DE', 'C01X00T47', NULL, 1)")
+        con.execute(
+            f"INSERT INTO subject_wallets VALUES ('S-2', '{A}', 'eth', NULL, 1),"
+            f"('S-1', '{A}', 'eth', NULL, 1)"
+        )
+        con.execute(
+            "INSERT INTO subjects VALUES ('S-1', 'Hans-Peter Müller', '1970-05-01', "
+            "'DE', 'C01X00T47', NULL, 1)"
+        )
     return db
 
 
-def _submission(kind: str = "disclose", item: str = A, automatic: bool = False,
-                fields: tuple[str, ...] = ("tx_count", "first_seen", "linked_subjects"),
-                dataset: DatasetConfig = WALLETS) -> followup.Submission:
+def _submission(
+    kind: str = "disclose",
+    item: str = A,
+    automatic: bool = False,
+    fields: tuple[str, ...] = ("tx_count", "first_seen", "linked_subjects"),
+    dataset: DatasetConfig = WALLETS,
+) -> followup.Submission:
     return followup.Submission(
-        kind=kind, partner="FR", partner_subject="CN=FR", case_ref="CASE-1", legal_basis="MLA",
-        reason="", dataset=dataset, item=item, fields_asked=fields if kind == "disclose" else (),
-        preservation_days=30 if kind == "preserve" else 0, automatic=automatic,
-        answer_within_days=10, policy_version="p1", grant_index=1, nonce="00",
+        kind=kind,
+        partner="FR",
+        partner_subject="CN=FR",
+        case_ref="CASE-1",
+        legal_basis="MLA",
+        reason="",
+        dataset=dataset,
+        item=item,
+        fields_asked=fields if kind == "disclose" else (),
+        preservation_days=30 if kind == "preserve" else 0,
+        automatic=automatic,
+        answer_within_days=10,
+        policy_version="p1",
+        grant_index=1,
+        nonce="00",
     )
 
 
 def test_lookup_uses_declared_columns_only(database: NodeDatabase) -> None:
     with database.session() as con:
-        held = followup.lookup(con, WALLETS, A, ["tx_count", "total_in_eur", "last_seen",
-                                                  "linked_subjects"])
-        assert held == [{"tx_count": 2, "total_in_eur": "20.25",
-                         "last_seen": "2026-02-03T04:05:06Z", "linked_subjects": ["S-1", "S-2"]}]
+        held = followup.lookup(
+            con, WALLETS, A, ["tx_count", "total_in_eur", "last_seen", "linked_subjects"]
+        )
+        assert held == [
+            {
+                "tx_count": 2,
+                "total_in_eur": "20.25",
+                "last_seen": "2026-02-03T04:05:06Z",
+                "linked_subjects": ["S-1", "S-2"],
+            }
+        ]
         assert followup.lookup(con, WALLETS, "0x" + "1" * 40, ["tx_count"]) == []
         with pytest.raises(ValueError, match="'total_out_eur' is not a disclosable column"):
             followup.lookup(con, WALLETS, A, ["total_out_eur"])
@@ -77,8 +108,9 @@ def test_person_lookup_by_name_and_date_of_birth(database: NodeDatabase) -> None
 def test_automatic_approval_and_no_record(database: NodeDatabase) -> None:
     row = followup.submit(database, _submission(automatic=True), NOW)
     assert row.state == "approved" and row.decided_by == "policy"
-    assert row.disclosed == [{"tx_count": 2, "first_seen": "2026-01-02T03:04:05Z",
-                              "linked_subjects": ["S-1", "S-2"]}]
+    assert row.disclosed == [
+        {"tx_count": 2, "first_seen": "2026-01-02T03:04:05Z", "linked_subjects": ["S-1", "S-2"]}
+    ]
     none = followup.submit(database, _submission(item="0x" + "2" * 40), NOW)
     assert none.state == "no-record" and none.disclosed == [] and none.deadline == ""
 
@@ -87,12 +119,20 @@ def test_officer_flow_partly_approved_refused_expired(database: NodeDatabase) ->
     pending = followup.submit(database, _submission(), NOW)
     assert pending.state == "pending" and pending.deadline == "2026-12-05T08:00:00Z"
     with pytest.raises(followup.FollowUpError, match=r"did not ask for total_in_eur; it asked"):
-        followup.approve(database, WALLETS, pending.request_id, WALLETS.disclosable_columns,
-                         ["total_in_eur"], "", NOW)
+        followup.approve(
+            database,
+            WALLETS,
+            pending.request_id,
+            WALLETS.disclosable_columns,
+            ["total_in_eur"],
+            "",
+            NOW,
+        )
     with pytest.raises(followup.FollowUpError, match="no longer lets FR receive first_seen"):
         followup.approve(database, WALLETS, pending.request_id, ["tx_count"], None, "", NOW)
-    decided = followup.approve(database, WALLETS, pending.request_id,
-                               WALLETS.disclosable_columns, ["tx_count"], "ok", NOW)
+    decided = followup.approve(
+        database, WALLETS, pending.request_id, WALLETS.disclosable_columns, ["tx_count"], "ok", NOW
+    )
     assert decided.state == "partly-approved" and decided.disclosed == [{"tx_count": 2}]
     assert decided.fields_withheld == ["first_seen", "linked_subjects"]
     with pytest.raises(followup.FollowUpError, match="is already partly approved"):
@@ -109,8 +149,9 @@ def test_officer_flow_partly_approved_refused_expired(database: NodeDatabase) ->
     assert expired.request_id == third.request_id and expired.decided_by == "deadline"
     assert followup.expire_overdue(database, NOW + dt.timedelta(days=11)) == []
     with pytest.raises(followup.FollowUpError, match="expired on 2026-12-05T08:00:00Z"):
-        followup.approve(database, WALLETS, third.request_id, WALLETS.disclosable_columns,
-                         None, "", NOW)
+        followup.approve(
+            database, WALLETS, third.request_id, WALLETS.disclosable_columns, None, "", NOW
+        )
 
 
 def test_preservation_discloses_nothing(database: NodeDatabase) -> None:
@@ -139,10 +180,18 @@ def test_record_is_strict_and_digest_covers_everything(database: NodeDatabase) -
 def test_earlier_match_reads_the_audit_trail(tmp_path: Path) -> None:
     init_ca(tmp_path / "ca")
     issue(tmp_path / "ca", tmp_path / "node", name="EE", role=ROLE_NODE)
-    log = AuditLog(tmp_path / "audit", (tmp_path / "node" / "key.pem").read_bytes(),
-                   (tmp_path / "node" / "cert.pem").read_bytes())
-    base = {"peer": {"jurisdiction": "FR"}, "case_ref": "C-1",
-            "dataset": "wallets", "kind": "match", "outcome": "answered"}
+    log = AuditLog(
+        tmp_path / "audit",
+        (tmp_path / "node" / "key.pem").read_bytes(),
+        (tmp_path / "node" / "cert.pem").read_bytes(),
+    )
+    base = {
+        "peer": {"jurisdiction": "FR"},
+        "case_ref": "C-1",
+        "dataset": "wallets",
+        "kind": "match",
+        "outcome": "answered",
+    }
     log.append("query", {**base, "outcome": "refused"})
     assert not followup.earlier_match(tmp_path / "audit", "FR", "C-1", "wallets")
     log.append("query", base)

@@ -120,8 +120,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[grpc.Chan
 def _ledger(database: Path) -> tuple[object, ...]:
     with store.NodeDatabase(database).session() as con:
         tables = {
-            r[0]
-            for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
         usage = (
             con.execute("SELECT * FROM policy_usage ORDER BY ALL").fetchall()
@@ -217,9 +216,7 @@ toml_like = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=300).map(str.encode),
     st.builds(
-        lambda v, extra: (
-            f'jurisdiction = "EE"\nversion = "{v}"\n[[grant]]\n{extra}\n'
-        ).encode(),
+        lambda v, extra: (f'jurisdiction = "EE"\nversion = "{v}"\n[[grant]]\n{extra}\n').encode(),
         st.text(max_size=10),
         st.text(max_size=80),
     ),

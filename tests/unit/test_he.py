@@ -24,8 +24,9 @@ def test_exact_sum_near_bound(secret: he.SecretHeContext) -> None:
     rows = he.SLOT_COUNT + 123  # not a multiple of the slot count
     bits = [1] * rows
     column = [10**15 // rows + random.randrange(2) for _ in range(rows)]
-    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column,
-                               [0] * he.SLOT_COUNT)
+    answer = public.masked_dot(
+        public.load_indicators(secret.encrypt_indicator(bits)), column, [0] * he.SLOT_COUNT
+    )
     assert secret.decrypt_sum(answer) == sum(column) >= 10**15 - rows
     assert secret.noise_budget(answer) > 10
 
@@ -35,8 +36,9 @@ def test_public_context_cannot_decrypt(secret: he.SecretHeContext) -> None:
     public = he.PublicHeContext.from_bytes(blob)
     assert not hasattr(public, "decrypt_sum") and not hasattr(public, "_secret_key")
     other = he.SecretHeContext.generate()
-    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator([1, 1])), [5, 7],
-                               [0] * he.SLOT_COUNT)
+    answer = public.masked_dot(
+        public.load_indicators(secret.encrypt_indicator([1, 1])), [5, 7], [0] * he.SLOT_COUNT
+    )
     assert secret.decrypt_sum(answer) == 12
     with pytest.raises(he.HeError):
         other.decrypt_sum(answer)  # another key: garbage, detected by the noise budget
@@ -72,8 +74,7 @@ def test_exact_at_the_bound_after_switching(secret: he.SecretHeContext, sign: in
     mask = [random.randrange(he.PLAIN_MODULUS) for _ in range(he.SLOT_COUNT)]
     offset = sign * (he.PLAIN_MODULUS // 4) - sum(column)  # top of node.aggregate.EXACT_LIMIT
     mask[0] = (mask[0] + offset - sum(mask)) % he.PLAIN_MODULUS
-    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column,
-                               mask)
+    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column, mask)
     assert sum(column) == sign * 10**15
     assert secret.primes(answer) == he.ANSWER_PRIMES
     assert secret.decrypt_sum(answer) == sign * (he.PLAIN_MODULUS // 4)
@@ -86,10 +87,9 @@ def test_exact_on_random_data_after_switching(secret: he.SecretHeContext) -> Non
     rng = random.Random(20260105)
     rows = 2 * he.SLOT_COUNT + 999
     bits = [rng.randrange(2) for _ in range(rows)]
-    column = [rng.randrange(-10**12, 10**12) for _ in range(rows)]
+    column = [rng.randrange(-(10**12), 10**12) for _ in range(rows)]
     mask = [rng.randrange(he.PLAIN_MODULUS) for _ in range(he.SLOT_COUNT)]
-    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column,
-                               mask)
+    answer = public.masked_dot(public.load_indicators(secret.encrypt_indicator(bits)), column, mask)
     expected = [mask[slot] for slot in range(he.SLOT_COUNT)]
     for row, (bit, value) in enumerate(zip(bits, column, strict=True)):
         expected[row % he.SLOT_COUNT] += bit * value

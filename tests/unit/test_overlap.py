@@ -1,6 +1,6 @@
-"""The overlap census core (fedtrace.overlap) against a plain-Python oracle, with its transcript.
+"""The overlap query core (fedtrace.overlap) against a plain-Python oracle, with its transcript.
 
-Every census here runs through ``run_census`` with in-process peers, so every
+Every overlap here runs through ``run_overlap`` with in-process peers, so every
 message crosses the coordinator as ``bytes`` and can be recorded.
 """
 
@@ -13,16 +13,17 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from fedtrace import group, overlap
+from fedtrace import group
+from fedtrace import overlap as overlap_protocol
 from fedtrace.items import item_bytes
 from fedtrace.overlap import (
-    CensusError,
-    CensusParty,
-    CensusPlan,
-    CensusTally,
     InProcessPeer,
+    OverlapError,
+    OverlapParty,
+    OverlapPlan,
+    OverlapTally,
     Relayed,
-    run_census,
+    run_overlap,
 )
 
 Sets = dict[str, list[bytes]]
@@ -105,29 +106,33 @@ CASES = [
 ]
 
 
-def census(sets: Sets, *, reveal: bool, log: list[Relayed] | None = None
-           ) -> tuple[CensusPlan, dict[str, InProcessPeer], CensusTally]:
-    plan = CensusPlan.new(list(sets), reveal=reveal)
+def overlap(
+    sets: Sets, *, reveal: bool, log: list[Relayed] | None = None
+) -> tuple[OverlapPlan, dict[str, InProcessPeer], OverlapTally]:
+    plan = OverlapPlan.new(list(sets), reveal=reveal)
     peers = {code: InProcessPeer(code, items, workers=1) for code, items in sets.items()}
-    tally = run_census(plan, peers, observe=None if log is None else log.append)
+    tally = run_overlap(plan, peers, observe=None if log is None else log.append)
     return plan, peers, tally
 
 
 # --------------------------------------------------------------------------- counts and reveal
 
 
-@pytest.mark.parametrize(("codes", "name", "reveal"), CASES,
-                         ids=[f"{len(c)}-{n}-{'reveal' if r else 'count'}" for c, n, r in CASES])
+@pytest.mark.parametrize(
+    ("codes", "name", "reveal"),
+    CASES,
+    ids=[f"{len(c)}-{n}-{'reveal' if r else 'count'}" for c, n, r in CASES],
+)
 def test_counts_and_reveal_match_oracle(codes: tuple[str, ...], name: str, reveal: bool) -> None:
     sets = scenarios(codes)[name]
-    plan, peers, tally = census(sets, reveal=reveal)
+    plan, peers, tally = overlap(sets, reveal=reveal)
     assert tally.groups() == oracle_groups(sets)
     assert tally.pairwise() == oracle_pairwise(sets)
     for code in codes:
         assert tally.set_size(code) == len(set(sets[code]))
     if not reveal:
         assert all(peer.shared == [] for peer in peers.values())
-        with pytest.raises(CensusError, match="does not reveal"):
+        with pytest.raises(OverlapError, match="does not reveal"):
             tally.shared_for(codes[0])
         return
     for code in codes:
@@ -138,7 +143,7 @@ def test_counts_and_reveal_match_oracle(codes: tuple[str, ...], name: str, revea
 
 def test_groups_and_pairs_are_listed_in_a_stable_order() -> None:
     sets = planted(("EE", "FR", "SG", "DE"), seed=3)
-    _, _, tally = census(sets, reveal=False)
+    _, _, tally = overlap(sets, reveal=False)
     sizes = [len(g) for g in tally.groups()]
     assert sizes == sorted(sizes) and len(sizes) == 11
     assert list(tally.pairwise()) == list(itertools.combinations(("EE", "FR", "SG", "DE"), 2))
@@ -148,18 +153,24 @@ def test_min_cohort_suppresses_small_counts_and_the_pairs_that_would_reveal_them
     common = [wallet(f"c{j}") for j in range(10)]
     few = [wallet(f"f{j}") for j in range(2)]
     sets = {"EE": common + few, "FR": common + few, "SG": list(common)}
-    _, _, tally = census(sets, reveal=False)
+    _, _, tally = overlap(sets, reveal=False)
     assert tally.groups() == {
-        frozenset({"EE", "FR"}): 2, frozenset({"EE", "SG"}): 0,
-        frozenset({"FR", "SG"}): 0, frozenset({"EE", "FR", "SG"}): 10,
+        frozenset({"EE", "FR"}): 2,
+        frozenset({"EE", "SG"}): 0,
+        frozenset({"FR", "SG"}): 0,
+        frozenset({"EE", "FR", "SG"}): 10,
     }
     assert tally.groups(min_cohort=5) == {
-        frozenset({"EE", "FR"}): "< 5", frozenset({"EE", "SG"}): 0,
-        frozenset({"FR", "SG"}): 0, frozenset({"EE", "FR", "SG"}): 10,
+        frozenset({"EE", "FR"}): "< 5",
+        frozenset({"EE", "SG"}): 0,
+        frozenset({"FR", "SG"}): 0,
+        frozenset({"EE", "FR", "SG"}): 10,
     }
     # EE-FR = 12 would give the suppressed 2 as 12 - 10: it is suppressed too.
     assert tally.pairwise(min_cohort=5) == {
-        ("EE", "FR"): "suppressed", ("EE", "SG"): 10, ("FR", "SG"): 10,
+        ("EE", "FR"): "suppressed",
+        ("EE", "SG"): 10,
+        ("FR", "SG"): 10,
     }
     with pytest.raises(ValueError):
         tally.groups(min_cohort=0)
@@ -175,21 +186,26 @@ def test_transcript_carries_no_identifier_and_no_single_key_value_past_the_first
     codes = ("DE", "EE", "FR", "SG")
     sets = planted(codes, seed=11)
     log: list[Relayed] = []
-    plan, peers, tally = census(sets, reveal=reveal, log=log)
+    plan, peers, tally = overlap(sets, reveal=reveal, log=log)
     assert tally.groups() == oracle_groups(sets)
 
     everything = sorted({item for items in sets.values() for item in items})
-    unkeyed = {group.hash_to_group(item, dst) for item in everything
-               for dst in (overlap.OVERLAP_DST, group.MEMBERSHIP_DST)}
-    # Every party forgot its key when the census closed (the spy below kept a copy).
-    assert all(peer.party is not None and peer.party._key is None  # noqa: SLF001
-               for peer in peers.values())
+    unkeyed = {
+        group.hash_to_group(item, dst)
+        for item in everything
+        for dst in (overlap_protocol.OVERLAP_DST, group.MEMBERSHIP_DST)
+    }
+    # Every party forgot its key when the overlap closed (the spy below kept a copy).
+    assert all(
+        peer.party is not None and peer.party._key is None  # noqa: SLF001
+        for peer in peers.values()
+    )
     assert len(everything) > 50
 
     to_nodes = [m for m in log if m.sender == "coordinator" and m.hop < len(codes)]
     assert {(m.receiver, m.origin, m.hop) for m in to_nodes} == {
         (relay, origin, depth)
-        for origin, route in overlap.plan_route(codes)
+        for origin, route in overlap_protocol.plan_route(codes)
         for depth, relay in enumerate(route, start=1)
     }
     seen: dict[bytes, tuple[str, int]] = {}
@@ -198,7 +214,7 @@ def test_transcript_carries_no_identifier_and_no_single_key_value_past_the_first
             assert item not in message.payload
         if message.hop == len(codes) and message.sender == "coordinator":
             assert reveal and message.receiver == message.origin  # notices only, to the owner
-            assert len(message.payload) % overlap.NOTICE_BYTES == 0
+            assert len(message.payload) % overlap_protocol.NOTICE_BYTES == 0
             continue
         assert len(message.payload) % group.POINT_BYTES == 0
         for point in group.split_points(message.payload):
@@ -208,15 +224,18 @@ def test_transcript_carries_no_identifier_and_no_single_key_value_past_the_first
                 # The ring: no point ever reaches two relays, or one relay twice,
                 # so no node can compare sets and the relay cannot either.
                 assert seen.setdefault(point, (message.origin, message.hop)) == (
-                    message.origin, message.hop)
+                    message.origin,
+                    message.hop,
+                )
     assert len(seen) > 0
 
     # Beyond the first hop no relayed point is a single-key value H(y)^k_i.
     single_key = set()
     for code in codes:
-        (scalar,) = _KEYS[plan.census_id][code]
-        single_key.update(group.blind_items(everything, scalar, dst=overlap.OVERLAP_DST,
-                                            workers=1))
+        (scalar,) = _KEYS[plan.overlap_id][code]
+        single_key.update(
+            group.blind_items(everything, scalar, dst=overlap_protocol.OVERLAP_DST, workers=1)
+        )
     for message in to_nodes:
         points = set(group.split_points(message.payload))
         if message.hop == 1:
@@ -230,29 +249,36 @@ _KEYS: dict[str, dict[str, list[bytes]]] = {}
 
 @pytest.fixture(autouse=True)
 def record_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remember every census key as it is drawn, so the test can compute H(y)^k_i."""
-    original = CensusParty.__init__
+    """Remember every overlap key as it is drawn, so the test can compute H(y)^k_i."""
+    original = OverlapParty.__init__
 
-    def spy(self: CensusParty, plan: CensusPlan, jurisdiction: str, *args: object,
-            **kwargs: object) -> None:
+    def spy(
+        self: OverlapParty, plan: OverlapPlan, jurisdiction: str, *args: object, **kwargs: object
+    ) -> None:
         original(self, plan, jurisdiction, *args, **kwargs)  # type: ignore[arg-type]
         key = self._key  # noqa: SLF001
         assert key is not None
-        _KEYS.setdefault(plan.census_id, {}).setdefault(jurisdiction, []).append(key)
+        _KEYS.setdefault(plan.overlap_id, {}).setdefault(jurisdiction, []).append(key)
 
-    monkeypatch.setattr(CensusParty, "__init__", spy)
+    monkeypatch.setattr(OverlapParty, "__init__", spy)
 
 
 # --------------------------------------------------------------------------- node refusals
 
 
-def party(plan: CensusPlan, code: str, count: int = 5) -> CensusParty:
-    return CensusParty(plan, code, [wallet(f"{code}-{j}") for j in range(count)], workers=1)
+def party(plan: OverlapPlan, code: str, count: int = 5) -> OverlapParty:
+    return OverlapParty(plan, code, [wallet(f"{code}-{j}") for j in range(count)], workers=1)
 
 
 def foreign_batch(count: int) -> bytes:
-    return b"".join(group.blind_items([wallet(f"x{j}") for j in range(count)],
-                                      group.random_scalar(), dst=overlap.OVERLAP_DST, workers=1))
+    return b"".join(
+        group.blind_items(
+            [wallet(f"x{j}") for j in range(count)],
+            group.random_scalar(),
+            dst=overlap_protocol.OVERLAP_DST,
+            workers=1,
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,13 +286,15 @@ def foreign_batch(count: int) -> bytes:
     [
         (bytes(32), "identity element"),
         (b"\xff" * 32, "not a canonical ristretto255 encoding"),
-        (group.hash_to_group(b"x")[:31] + bytes([group.hash_to_group(b"x")[31] | 0x80]),
-         "not a canonical ristretto255 encoding"),
+        (
+            group.hash_to_group(b"x")[:31] + bytes([group.hash_to_group(b"x")[31] | 0x80]),
+            "not a canonical ristretto255 encoding",
+        ),
     ],
     ids=["identity", "non-canonical", "high-bit"],
 )
 def test_relay_rejects_invalid_points_with_their_index(bad: bytes, reason: str) -> None:
-    plan = CensusPlan.new(["EE", "FR", "SG"], reveal=False)
+    plan = OverlapPlan.new(["EE", "FR", "SG"], reveal=False)
     hop = party(plan, "FR").relay_hop("EE", expected_points=8)
     hop.add(foreign_batch(3))
     batch = foreign_batch(5)
@@ -277,39 +305,39 @@ def test_relay_rejects_invalid_points_with_their_index(bad: bytes, reason: str) 
 
 
 def test_relay_rejects_a_truncated_batch() -> None:
-    plan = CensusPlan.new(["EE", "FR"], reveal=True)
+    plan = OverlapPlan.new(["EE", "FR"], reveal=True)
     hop = party(plan, "FR").relay_hop("EE", expected_points=2)
     with pytest.raises(group.InvalidPoint, match="not a multiple"):
         hop.add(foreign_batch(2)[:-1])
 
 
 def test_relay_refuses_what_the_plan_does_not_call_for() -> None:
-    plan = CensusPlan.new(["EE", "FR", "SG"], reveal=False)
+    plan = OverlapPlan.new(["EE", "FR", "SG"], reveal=False)
     fr = party(plan, "FR")
-    with pytest.raises(CensusError, match="own set"):
+    with pytest.raises(OverlapError, match="own set"):
         fr.relay_hop("FR", 1)
-    with pytest.raises(CensusError, match="not in census"):
+    with pytest.raises(OverlapError, match="not in overlap"):
         fr.relay_hop("XX", 1)
     hop = fr.relay_hop("EE", 2)
-    with pytest.raises(CensusError, match="already relayed"):
+    with pytest.raises(OverlapError, match="already relayed"):
         fr.relay_hop("EE", 2)
-    with pytest.raises(CensusError, match="more arrived"):
+    with pytest.raises(OverlapError, match="more arrived"):
         hop.add(foreign_batch(3))
     hop.add(foreign_batch(1))
-    with pytest.raises(CensusError, match="1 arrived"):
+    with pytest.raises(OverlapError, match="1 arrived"):
         hop.finish()
     fr.close()
-    with pytest.raises(CensusError, match="closed"):
+    with pytest.raises(OverlapError, match="closed"):
         fr.relay_hop("SG", 1)
 
 
 def test_shuffled_hop_permutes_the_whole_set_and_reveal_hop_keeps_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(overlap, "POINTS_PER_BATCH", 16)
+    monkeypatch.setattr(overlap_protocol, "POINTS_PER_BATCH", 16)
     incoming = [foreign_batch(16), foreign_batch(16), foreign_batch(8)]
     for reveal in (False, True):
-        plan = CensusPlan.new(["EE", "FR"], reveal=reveal)
+        plan = OverlapPlan.new(["EE", "FR"], reveal=reveal)
         fr = party(plan, "FR")
         hop = fr.relay_hop("EE", 40)
         early = [out for batch in incoming for out in hop.add(batch)]
@@ -327,61 +355,61 @@ def test_shuffled_hop_permutes_the_whole_set_and_reveal_hop_keeps_order(
 
 
 def test_learn_shared_checks_the_notices() -> None:
-    plan = CensusPlan.new(["EE", "FR", "SG"], reveal=True)
+    plan = OverlapPlan.new(["EE", "FR", "SG"], reveal=True)
     fr = party(plan, "FR", count=3)
-    record = overlap._NOTICE.pack  # noqa: SLF001
-    with pytest.raises(CensusError, match="naming this node"):
+    record = overlap_protocol._NOTICE.pack  # noqa: SLF001
+    with pytest.raises(OverlapError, match="naming this node"):
         fr.learn_shared([record(0, 0b010)])
-    with pytest.raises(CensusError, match="outside the roster"):
+    with pytest.raises(OverlapError, match="outside the roster"):
         fr.learn_shared([record(0, 0b1000)])
-    with pytest.raises(CensusError, match="position 3 of 3"):
+    with pytest.raises(OverlapError, match="position 3 of 3"):
         fr.learn_shared([record(3, 0b001)])
-    with pytest.raises(CensusError, match="twice"):
+    with pytest.raises(OverlapError, match="twice"):
         fr.learn_shared([record(1, 0b001), record(1, 0b100)])
-    with pytest.raises(CensusError, match="multiple of 12"):
+    with pytest.raises(OverlapError, match="multiple of 12"):
         fr.learn_shared([b"\x00" * 5])
     shared = fr.learn_shared([record(2, 0b101)])
     assert len(shared) == 1 and shared[0].partners == frozenset({"EE", "SG"})
-    plan_count = CensusPlan.new(["EE", "FR"], reveal=False)
-    with pytest.raises(CensusError, match="does not reveal"):
+    plan_count = OverlapPlan.new(["EE", "FR"], reveal=False)
+    with pytest.raises(OverlapError, match="does not reveal"):
         party(plan_count, "FR").learn_shared([])
 
 
 def test_tally_rejects_identity_and_incomplete_sets() -> None:
-    plan = CensusPlan.new(["EE", "FR"], reveal=True)
-    tally = CensusTally(plan)
+    plan = OverlapPlan.new(["EE", "FR"], reveal=True)
+    tally = OverlapTally(plan)
     with pytest.raises(group.InvalidPoint, match="identity") as raised:
         tally.add_final("EE", foreign_batch(2) + bytes(32))
     assert raised.value.index == 2
     tally.add_final("EE", foreign_batch(2))
-    with pytest.raises(CensusError, match="2 points, 3 were sent"):
+    with pytest.raises(OverlapError, match="2 points, 3 were sent"):
         tally.close_origin("EE", 3)
     tally.close_origin("EE", 2)
-    with pytest.raises(CensusError, match="already complete"):
+    with pytest.raises(OverlapError, match="already complete"):
         tally.add_final("EE", foreign_batch(1))
 
 
 def test_plan_route_is_a_ring_and_each_round_a_perfect_matching() -> None:
     codes = ["DE", "EE", "FR", "SG", "NL"]
-    routes = dict(overlap.plan_route(codes))
+    routes = dict(overlap_protocol.plan_route(codes))
     assert routes["FR"] == ["SG", "NL", "DE", "EE"]
     assert sorted(route[-1] for route in routes.values()) == sorted(codes)  # one last hop each
-    plan = CensusPlan.new(codes, reveal=False)
+    plan = OverlapPlan.new(codes, reveal=False)
     for depth, pairs in enumerate(plan.rounds(), start=1):
         assert sorted(relay for _, relay in pairs) == sorted(codes)
         assert sorted(origin for origin, _ in pairs) == sorted(codes)
         assert all(routes[origin][depth - 1] == relay for origin, relay in pairs)
-    with pytest.raises(CensusError):
-        CensusPlan.new(["EE"], reveal=False)
-    with pytest.raises(CensusError):
-        CensusPlan.new(["EE", "EE"], reveal=False)
+    with pytest.raises(OverlapError):
+        OverlapPlan.new(["EE"], reveal=False)
+    with pytest.raises(OverlapError):
+        OverlapPlan.new(["EE", "EE"], reveal=False)
 
 
 def test_many_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(overlap, "POINTS_PER_BATCH", 7)
+    monkeypatch.setattr(overlap_protocol, "POINTS_PER_BATCH", 7)
     sets = planted(("EE", "FR", "SG"), seed=5)
     log: list[Relayed] = []
-    _, peers, tally = census(sets, reveal=True, log=log)
+    _, peers, tally = overlap(sets, reveal=True, log=log)
     assert tally.groups() == oracle_groups(sets)
     assert all(len(m.payload) <= 7 * group.POINT_BYTES for m in log)
     for code in sets:
@@ -389,11 +417,11 @@ def test_many_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_three_times_twenty_thousand_is_fast() -> None:
-    sets = overlap.synthetic_sets(3, 20_000)
-    plan = CensusPlan.new(list(sets), reveal=True)
+    sets = overlap_protocol.synthetic_sets(3, 20_000)
+    plan = OverlapPlan.new(list(sets), reveal=True)
     peers = {code: InProcessPeer(code, items) for code, items in sets.items()}
     started = time.perf_counter()
-    tally = run_census(plan, peers)
+    tally = run_overlap(plan, peers)
     assert time.perf_counter() - started < 45  # ~12 s alone on 2 cores
     assert tally.groups() == oracle_groups(sets)
     assert tally.pairwise() == oracle_pairwise(sets)

@@ -282,7 +282,7 @@ def test_explain_says_what_a_partner_may_and_may_not_learn() -> None:
     assert "Legal bases accepted: MLA, EGMONT, BUDAPEST-ART25" in text
     assert "until 2099-01-01 00:00 UTC" in text
     assert "total_in_eur clipped to [0, 1,000,000]" in text
-    assert "FR may not: include this dataset in an overlap census." in text
+    assert "FR may not: include this dataset in an overlap query." in text
     nobody = explain(policy, "NL", now=NOW)
     assert "Nothing: no grant names NL" in nobody
     sg = explain(policy, "SG", "wallets", now=NOW)

@@ -106,8 +106,12 @@ def _flaky(failures: list[Failure]) -> tuple[list[int], object]:
 
 def test_transient_errors_are_retried_with_growing_backoff() -> None:
     sleeps: list[float] = []
-    calls, call = _flaky([Failure(grpc.StatusCode.UNAVAILABLE, "connection refused"),
-                          Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy; retry shortly")])
+    calls, call = _flaky(
+        [
+            Failure(grpc.StatusCode.UNAVAILABLE, "connection refused"),
+            Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy; retry shortly"),
+        ]
+    )
     clock = [0.0]
     answer = with_retries(call, 100.0, sleep=sleeps.append, clock=lambda: clock[0])  # type: ignore[arg-type]
     assert answer == "answer" and len(calls) == 3
@@ -139,8 +143,9 @@ def test_a_down_node_gets_a_bounded_number_of_attempts_within_the_deadline() -> 
 
     calls, call = _flaky([Failure(grpc.StatusCode.UNAVAILABLE, "refused")] * 50)
     with pytest.raises(Failure):
-        with_retries(call, 100.0, RetryPolicy(unavailable_attempts=4), sleep=sleep,
-                     clock=lambda: clock[0])  # type: ignore[arg-type]
+        with_retries(
+            call, 100.0, RetryPolicy(unavailable_attempts=4), sleep=sleep, clock=lambda: clock[0]
+        )  # type: ignore[arg-type]
     assert len(calls) == 4 and clock[0] < 2.0
     calls, call = _flaky([Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")] * 500)
     clock[0] = 0.0
@@ -212,8 +217,11 @@ def test_a_torn_last_line_is_noted_then_set_aside_and_the_repair_audited(tmp_pat
 def test_a_whole_entry_missing_only_its_newline_is_kept(tmp_path: Path) -> None:
     init_ca(tmp_path / "ca")
     issue(tmp_path / "ca", tmp_path / "EE", name="EE", role="node")
-    log = AuditLog(tmp_path / "audit", (tmp_path / "EE" / "key.pem").read_bytes(),
-                   (tmp_path / "EE" / "cert.pem").read_bytes())
+    log = AuditLog(
+        tmp_path / "audit",
+        (tmp_path / "EE" / "key.pem").read_bytes(),
+        (tmp_path / "EE" / "cert.pem").read_bytes(),
+    )
     log.append("query", {"n": 0})
     trail = tmp_path / "audit" / "audit.jsonl"
     trail.write_bytes(trail.read_bytes().rstrip(b"\n"))

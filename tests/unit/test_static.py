@@ -20,12 +20,17 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_finds_nothing() -> None:
-    done = subprocess.run([_tool("ruff"), "check", "--output-format", "concise", "."],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [_tool("ruff"), "check", "--output-format", "concise", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_mypy_strict_on_the_packages(tmp_path: Path) -> None:
-    done = subprocess.run([_tool("mypy"), "--cache-dir", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [_tool("mypy"), "--cache-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -11,15 +11,15 @@ import pytest
 
 from coordinator.verify import ReportVerification, sign_report, verify_report
 from coordinator.verify_kinds import (
-    census_mismatches,
     check_node_signature,
     figure_mismatches,
     load_aggregate_transcript,
-    load_census_transcript,
+    load_overlap_transcript,
+    overlap_mismatches,
     total_terms,
 )
 from fedtrace.aggregate_transcript import AggregateTranscript, FigureTerms
-from fedtrace.census_transcript import CensusHop, CensusTranscript
+from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import ROLE_INVESTIGATOR, ROLE_NODE, init_ca, issue, sign
 from fedtrace.transcript import SIGNATURE_ALGORITHM
 
@@ -39,56 +39,100 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _aggregate(**changes: Any) -> AggregateTranscript:
     base = AggregateTranscript(
-        jurisdiction="EE", investigator="FR", dataset="wallets", epoch_id="e1", tags_sha256="t",
-        disclosure="aggregate", policy_version="ee-1", case_ref="C-1", legal_basis="MLA",
-        nonce="00", timestamp_unix_ms=_now_ms(), query_id="q", item_count=10, row_count=100,
-        total_only=False, min_cohort=2, epsilon=1.0,
-        figures=(FigureTerms("match_count", 0, 2.0, 6),
-                 FigureTerms("total_in_eur", 2, 500.0, 1498)),
-        request_sha256="a", response_sha256="b", public_context_sha256="c",
-        indicator_sha256="d", answers_sha256="e", peers=(), total_nonce="",
+        jurisdiction="EE",
+        investigator="FR",
+        dataset="wallets",
+        epoch_id="e1",
+        tags_sha256="t",
+        disclosure="aggregate",
+        policy_version="ee-1",
+        case_ref="C-1",
+        legal_basis="MLA",
+        nonce="00",
+        timestamp_unix_ms=_now_ms(),
+        query_id="q",
+        item_count=10,
+        row_count=100,
+        total_only=False,
+        min_cohort=2,
+        epsilon=1.0,
+        figures=(
+            FigureTerms("match_count", 0, 2.0, 6),
+            FigureTerms("total_in_eur", 2, 500.0, 1498),
+        ),
+        request_sha256="a",
+        response_sha256="b",
+        public_context_sha256="c",
+        indicator_sha256="d",
+        answers_sha256="e",
+        peers=(),
+        total_nonce="",
     )
     return dataclasses.replace(base, **changes)
 
 
-def _census(code: str, size: int, other: str, other_size: int, **changes: Any
-            ) -> CensusTranscript:
-    return dataclasses.replace(CensusTranscript(
-        jurisdiction=code, investigator="FR", dataset="wallets", census_id="cid",
-        roster=("EE", "SG"), reveal=False, disclosure="overlap", policy_version=f"{code}-1",
-        case_ref="C-1", legal_basis="MLA", nonce="00", timestamp_unix_ms=_now_ms(),
-        set_size=size, initial_sha256="i",
-        hops=(CensusHop(other, 1, other_size, "r", "s"),), min_cohort=2,
-    ), **changes)
+def _overlap(
+    code: str, size: int, other: str, other_size: int, **changes: Any
+) -> OverlapTranscript:
+    return dataclasses.replace(
+        OverlapTranscript(
+            jurisdiction=code,
+            investigator="FR",
+            dataset="wallets",
+            overlap_id="cid",
+            roster=("EE", "SG"),
+            reveal=False,
+            disclosure="overlap",
+            policy_version=f"{code}-1",
+            case_ref="C-1",
+            legal_basis="MLA",
+            nonce="00",
+            timestamp_unix_ms=_now_ms(),
+            set_size=size,
+            initial_sha256="i",
+            hops=(OverlapHop(other, 1, other_size, "r", "s"),),
+            min_cohort=2,
+        ),
+        **changes,
+    )
 
 
-def _signature(pki: Path, code: str, transcript: AggregateTranscript | CensusTranscript
-               ) -> dict[str, Any]:
+def _signature(
+    pki: Path, code: str, transcript: AggregateTranscript | OverlapTranscript
+) -> dict[str, Any]:
     digest = transcript.digest()
-    return {"algorithm": SIGNATURE_ALGORITHM, "transcript": dataclasses.asdict(transcript),
-            "transcript_sha256": digest.hex(),
-            "value": sign((pki / code / "key.pem").read_bytes(), digest).hex(),
-            "certificate_pem": (pki / code / "cert.pem").read_text()}
+    return {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "transcript": dataclasses.asdict(transcript),
+        "transcript_sha256": digest.hex(),
+        "value": sign((pki / code / "key.pem").read_bytes(), digest).hex(),
+        "certificate_pem": (pki / code / "cert.pem").read_text(),
+    }
 
 
 def test_transcript_shapes_are_checked_field_by_field() -> None:
     transcript = _aggregate()
     document = dataclasses.asdict(transcript)
     assert load_aggregate_transcript(document) == transcript
-    with pytest.raises(ValueError, match="^its aggregate transcript does not have exactly the "
-                                         "AggregateTranscript fields$"):
+    with pytest.raises(
+        ValueError,
+        match="^its aggregate transcript does not have exactly the AggregateTranscript fields$",
+    ):
         load_aggregate_transcript({k: v for k, v in document.items() if k != "epsilon"})
     with pytest.raises(ValueError, match="field 'min_cohort' is not a int"):
         load_aggregate_transcript({**document, "min_cohort": True})
     bad_figure = {**document, "figures": [{"figure": "match_count", "decimals": 0}]}
-    with pytest.raises(ValueError, match=r"its aggregate transcript figures\[0\] does not have "
-                                         "exactly the FigureTerms fields"):
+    with pytest.raises(
+        ValueError,
+        match=r"its aggregate transcript figures\[0\] does not have "
+        "exactly the FigureTerms fields",
+    ):
         load_aggregate_transcript(bad_figure)
-    signed = _census("EE", 5, "SG", 7)
-    census = dataclasses.asdict(signed)
-    assert load_census_transcript(census) == signed
+    signed = _overlap("EE", 5, "SG", 7)
+    overlap = dataclasses.asdict(signed)
+    assert load_overlap_transcript(overlap) == signed
     with pytest.raises(ValueError, match="field 'roster' is not a tuple"):
-        load_census_transcript({**census, "roster": "EE,SG"})
+        load_overlap_transcript({**overlap, "roster": "EE,SG"})
 
 
 def test_node_signature_digest_role_and_ca(pki: Path, tmp_path: Path) -> None:
@@ -99,12 +143,16 @@ def test_node_signature_digest_role_and_ca(pki: Path, tmp_path: Path) -> None:
     checked = check_node_signature("EE", signature, load_aggregate_transcript, ca, outcome)
     assert checked is not None and checked[0] == transcript and outcome.ok
     cases = {
-        "digest": ({**signature, "transcript": {**signature["transcript"], "item_count": 11}},
-                   "EE: the transcript was altered (its digest does not match)"),
+        "digest": (
+            {**signature, "transcript": {**signature["transcript"], "item_count": 11}},
+            "EE: the transcript was altered (its digest does not match)",
+        ),
         "role": (_signature(pki, "FR", _aggregate()), "EE: signed by FR investigator"),
         "other node": (_signature(pki, "SG", _aggregate()), "EE: signed by SG node"),
-        "value": ({**signature, "value": "00"},
-                  "EE: the signature is not EE's signature over this transcript"),
+        "value": (
+            {**signature, "value": "00"},
+            "EE: the signature is not EE's signature over this transcript",
+        ),
     }
     for given, expected in cases.values():
         outcome = ReportVerification()
@@ -112,33 +160,47 @@ def test_node_signature_digest_role_and_ca(pki: Path, tmp_path: Path) -> None:
         assert outcome.failures[0].startswith(expected), outcome.failures
     init_ca(tmp_path / "other")
     outcome = ReportVerification()
-    check_node_signature("EE", signature, load_aggregate_transcript,
-                         (tmp_path / "other" / "ca.pem").read_bytes(), outcome)
+    check_node_signature(
+        "EE",
+        signature,
+        load_aggregate_transcript,
+        (tmp_path / "other" / "ca.pem").read_bytes(),
+        outcome,
+    )
     assert outcome.failures[0].startswith(
-        "EE: the signing certificate does not chain to the federation CA: ")
+        "EE: the signing certificate does not chain to the federation CA: "
+    )
 
 
 def test_figures_against_signed_terms() -> None:
     terms = _aggregate().figures
-    shown = {"match_count": 5, "aggregates": {"total_in_eur": 12.34},
-             "noise_scale": {"match_count": 2.0, "total_in_eur": 5.0},
-             "interval_95": {"match_count": [-1, 11], "total_in_eur": [-2.64, 27.32]}}
+    shown = {
+        "match_count": 5,
+        "aggregates": {"total_in_eur": 12.34},
+        "noise_scale": {"match_count": 2.0, "total_in_eur": 5.0},
+        "interval_95": {"match_count": [-1, 11], "total_in_eur": [-2.64, 27.32]},
+    }
     assert figure_mismatches(shown, terms, 2) == []
     assert figure_mismatches({**shown, "match_count": 1}, terms, 2) == [
-        "match_count 1 is below the min_cohort 2 the node signed, so its figures must be withheld"]
+        "match_count 1 is below the min_cohort 2 the node signed, so its figures must be withheld"
+    ]
     assert figure_mismatches({**shown, "noise_scale": {"match_count": 2.0}}, terms, 2) == [
         "noise_scale shows {'match_count': 2.0} but the node signed "
-        "{'match_count': 2.0, 'total_in_eur': 5.0}"]
+        "{'match_count': 2.0, 'total_in_eur': 5.0}"
+    ]
     moved = {**shown, "interval_95": {**shown["interval_95"], "match_count": [0, 10]}}
     assert figure_mismatches(moved, terms, 2) == [
         "interval_95 of match_count shows [0, 10] but the signed half-width 6 around 5 gives "
-        "[-1, 11]"]
+        "[-1, 11]"
+    ]
     withheld = {"match_count": "< 2", "aggregates": {"total_in_eur": "< 2"}}
     assert figure_mismatches(withheld, terms, 2) == []
     assert figure_mismatches(withheld, terms, 3) == [
-        "its figures are withheld as '< 2' but the node signed min_cohort 3"]
+        "its figures are withheld as '< 2' but the node signed min_cohort 3"
+    ]
     assert figure_mismatches({**shown, "aggregates": {}}, terms, 2) == [
-        "its aggregates do not list exactly the figures the node answered (total_in_eur)"]
+        "its aggregates do not list exactly the figures the node answered (total_in_eur)"
+    ]
 
 
 def test_total_terms_follow_the_coordinators_sum() -> None:
@@ -148,41 +210,60 @@ def test_total_terms_follow_the_coordinators_sum() -> None:
     assert one_noisy[0].half_width_95 == 6  # one noisy node: its own half-width
 
 
-def test_census_figures_against_signed_sizes_and_cohort() -> None:
-    signed = {"EE": _census("EE", 5, "SG", 7), "SG": _census("SG", 7, "EE", 5)}
+def test_overlap_figures_against_signed_sizes_and_cohort() -> None:
+    signed = {"EE": _overlap("EE", 5, "SG", 7), "SG": _overlap("SG", 7, "EE", 5)}
     report: dict[str, Any] = {
-        "census": {"participants": ["EE", "SG"], "min_cohort": 2},
+        "overlap": {"participants": ["EE", "SG"], "min_cohort": 2},
         "groups": [{"jurisdictions": ["EE", "SG"], "count": 4}],
         "pairwise": [{"jurisdictions": ["EE", "SG"], "count": 4}],
     }
-    assert census_mismatches(report, signed) == []
-    assert census_mismatches({**report, "groups": [{"jurisdictions": ["EE", "SG"],
-                                                    "count": 6}]}, signed) == [
-        "groups EE+SG shows 6, more than a member's signed set size"]
-    assert census_mismatches({**report, "pairwise": [{"jurisdictions": ["EE", "SG"],
-                                                      "count": 1}]}, signed) == [
-        "pairwise EE+SG shows 1, below the signed min_cohort 2"]
-    lying = {**signed, "SG": _census("SG", 7, "EE", 9)}
-    assert census_mismatches(report, lying) == [
-        "SG signed a relay of 9 items from EE, which signed 5"]
-    assert census_mismatches({**report, "census": {"participants": ["EE", "SG"],
-                                                   "min_cohort": 1}}, signed) == [
-        "census min_cohort shows 1 but the participants signed at most 2"]
+    assert overlap_mismatches(report, signed) == []
+    assert overlap_mismatches(
+        {**report, "groups": [{"jurisdictions": ["EE", "SG"], "count": 6}]}, signed
+    ) == ["groups EE+SG shows 6, more than a member's signed set size"]
+    assert overlap_mismatches(
+        {**report, "pairwise": [{"jurisdictions": ["EE", "SG"], "count": 1}]}, signed
+    ) == ["pairwise EE+SG shows 1, below the signed min_cohort 2"]
+    lying = {**signed, "SG": _overlap("SG", 7, "EE", 9)}
+    assert overlap_mismatches(report, lying) == [
+        "SG signed a relay of 9 items from EE, which signed 5"
+    ]
+    assert overlap_mismatches(
+        {**report, "overlap": {"participants": ["EE", "SG"], "min_cohort": 1}}, signed
+    ) == ["overlap min_cohort shows 1 but the participants signed at most 2"]
 
 
 def test_a_synthetic_overlap_report_verifies_and_a_forged_size_does_not(pki: Path) -> None:
     ca = (pki / "ca" / "ca.pem").read_bytes()
-    signed = {"EE": _census("EE", 5, "SG", 7), "SG": _census("SG", 7, "EE", 5)}
+    signed = {"EE": _overlap("EE", 5, "SG", 7), "SG": _overlap("SG", 7, "EE", 5)}
     report = {
-        "case": "C-1", "query": "overlap", "dataset": "wallets", "legal_basis": "MLA",
-        "census": {"census_id": "cid", "participants": ["EE", "SG"], "reveal_to_owners": False,
-                   "min_cohort": 2, "seconds": 0.1},
+        "case": "C-1",
+        "query": "overlap",
+        "dataset": "wallets",
+        "legal_basis": "MLA",
+        "overlap": {
+            "overlap_id": "cid",
+            "participants": ["EE", "SG"],
+            "reveal_to_owners": False,
+            "min_cohort": 2,
+            "seconds": 0.1,
+        },
         "groups": [{"jurisdictions": ["EE", "SG"], "count": 4}],
         "pairwise": [{"jurisdictions": ["EE", "SG"], "count": 4}],
-        "results": [{"node": code, "status": "ok", "disclosure": "overlap",
-                     "set_size": t.set_size, "reveal_to_owner": False, "min_cohort": 2,
-                     "policy_version": t.policy_version, "signature": _signature(pki, code, t),
-                     "seconds": 0.1} for code, t in signed.items()],
+        "results": [
+            {
+                "node": code,
+                "status": "ok",
+                "disclosure": "overlap",
+                "set_size": t.set_size,
+                "reveal_to_owner": False,
+                "min_cohort": 2,
+                "policy_version": t.policy_version,
+                "signature": _signature(pki, code, t),
+                "seconds": 0.1,
+            }
+            for code, t in signed.items()
+        ],
     }
     key, cert = (pki / "FR" / "key.pem").read_bytes(), (pki / "FR" / "cert.pem").read_bytes()
     outcome = verify_report(sign_report(report, key, cert), ca)

@@ -1,42 +1,16 @@
-"""Follow-up commands: `fedtrace request …` and `fedtrace node requests|approve|refuse`.
-
-Thin: parse, call `coordinator.followup` or `node.officer_requests`, print. Heavy
-imports happen inside the handlers so `fedtrace --help` stays fast.
-"""
+"""`fedtrace request disclose|preserve|status|export`: follow-ups after a hit."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from fedtrace.cli.args import parse_fields, parse_request_id
 from fedtrace.errors import ExitCode, FedtraceError
-
-_REQUEST_ID = re.compile(r"^RQ-[0-9A-F]{10}$")
-
-
-def _fields(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return ()
-    fields = tuple(f.strip() for f in text.split(",") if f.strip())
-    if not fields:
-        raise FedtraceError(
-            f"--fields {text!r} names no field; use e.g. --fields tx_count,first_seen"
-        )
-    return fields
-
-
-def _request_id(text: str) -> str:
-    value = text.strip().upper()
-    if not _REQUEST_ID.match(value):
-        raise FedtraceError(
-            f"{text!r} is not a request id (RQ- and 10 hex digits, as `node requests` lists them)"
-        )
-    return value
 
 
 def _federation(path: str, node: str | None) -> tuple[Any, Any, bytes]:
@@ -73,7 +47,7 @@ def _submit(args: argparse.Namespace) -> int:
         case_ref=args.case,
         legal_basis=args.legal_basis,
         reason=args.reason or "",
-        fields=_fields(getattr(args, "fields", None)),
+        fields=parse_fields(getattr(args, "fields", None)),
         preservation_days=getattr(args, "days", None) or 0,
         identifier_kind=args.kind,
     )
@@ -89,9 +63,7 @@ def _status(args: argparse.Namespace) -> int:
     from coordinator.followup import grpc_transports, report_json, report_table, request_status
 
     federation, entries, ca_pem = _federation(args.federation, args.node)
-    results = request_status(
-        federation, entries, args.case, grpc_transports(federation), ca_pem
-    )
+    results = request_status(federation, entries, args.case, grpc_transports(federation), ca_pem)
     if args.format == "json":
         sys.stdout.write(report_json(args.case, "request-status", "", results))
     else:
@@ -109,7 +81,7 @@ def _export(args: argparse.Namespace) -> int:
     from coordinator.verify import sign_report
     from fedtrace.pki import read_key_pem
 
-    request_id = _request_id(args.id)
+    request_id = parse_request_id(args.id)
     federation, entries, ca_pem = _federation(args.federation, args.node)
     [result] = request_status(
         federation, entries, args.case, grpc_transports(federation), ca_pem, request_id
@@ -118,28 +90,26 @@ def _export(args: argparse.Namespace) -> int:
         print(f"fedtrace: error: {result.node}: {result.status}: {result.reason}", file=sys.stderr)
         return ExitCode.PARTIAL
     document = case_record(result.requests[0], federation.investigator, dt.datetime.now(dt.UTC))
-    document = sign_report(
-        document, read_key_pem(federation.key), federation.cert.read_bytes()
-    )
+    document = sign_report(document, read_key_pem(federation.key), federation.cert.read_bytes())
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{args.case}-{result.node}-{request_id}".replace("/", "_")
         json_path, html_path = out / f"{stem}.json", out / f"{stem}.html"
-        json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
+        json_path.write_text(
+            json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         html_path.write_text(case_record_html(document), encoding="utf-8")
     except OSError as exc:
         raise FedtraceError(f"{out}: cannot write the case record: {exc.strerror}") from None
     print(
-        f"case record written: {json_path} (verify with `fedtrace report verify`) "
-        f"and {html_path}"
+        f"case record written: {json_path} (verify with `fedtrace report verify`) and {html_path}"
     )
     return ExitCode.OK
 
 
-def add_request_commands(commands: Any) -> None:
-    """`fedtrace request disclose|preserve|status|export`."""
+def register(commands: Any) -> None:
+    """Add this command group to the root parser."""
     request = commands.add_parser(
         "request", help="follow-up requests after a hit: disclosure and preservation"
     ).add_subparsers(dest="request_command", required=True, metavar="ACTION")
@@ -151,19 +121,33 @@ def add_request_commands(commands: Any) -> None:
         p.add_argument("--federation", required=True, metavar="FED.toml")
         p.add_argument("--node", required=True, metavar="CODE")
         p.add_argument("--dataset", required=True, metavar="D")
-        p.add_argument("--item", required=True, metavar="ID",
-                       help="wallet address, or NAME|DATE OF BIRTH[|DOCUMENT] for persons")
+        p.add_argument(
+            "--item",
+            required=True,
+            metavar="ID",
+            help="wallet address, or NAME|DATE OF BIRTH[|DOCUMENT] for persons",
+        )
         p.add_argument("--case", required=True, metavar="REF")
         p.add_argument("--legal-basis", required=True, metavar="B")
         p.add_argument("--reason", metavar="TEXT", help="for the partner's officer")
-        p.add_argument("--kind", choices=("wallet", "person"),
-                       help="identifier kind (default: the node's dataset kind)")
+        p.add_argument(
+            "--kind",
+            choices=("wallet", "person"),
+            help="identifier kind (default: the node's dataset kind)",
+        )
         if name == "disclose":
-            p.add_argument("--fields", metavar="a,b",
-                           help="fields asked (default: every field the policy allows)")
+            p.add_argument(
+                "--fields",
+                metavar="a,b",
+                help="fields asked (default: every field the policy allows)",
+            )
         else:
-            p.add_argument("--days", type=int, metavar="N",
-                           help="preservation period (default: the longest the policy allows)")
+            p.add_argument(
+                "--days",
+                type=int,
+                metavar="N",
+                help="preservation period (default: the longest the policy allows)",
+            )
         p.add_argument("--format", choices=("table", "json"), default="table")
         p.set_defaults(run=_submit)
     p = request.add_parser("status", help="the state of your requests under a case")
@@ -179,49 +163,3 @@ def add_request_commands(commands: Any) -> None:
     p.add_argument("--id", required=True, metavar="ID")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(run=_export)
-
-
-def _node_requests(args: argparse.Namespace) -> int:
-    from node.officer_requests import list_requests
-
-    sys.stdout.write(
-        list_requests(Path(args.node_dir), pending_only=args.pending, fmt=args.format)
-    )
-    return ExitCode.OK
-
-
-def _node_approve(args: argparse.Namespace) -> int:
-    from node.officer_requests import approve_request, decision_line
-
-    fields = _fields(args.fields) if args.fields is not None else None
-    row = approve_request(Path(args.node_dir), _request_id(args.id), fields, args.reason or "")
-    print(decision_line(row))
-    return ExitCode.OK
-
-
-def _node_refuse(args: argparse.Namespace) -> int:
-    from node.officer_requests import decision_line, refuse_request
-
-    row = refuse_request(Path(args.node_dir), _request_id(args.id), args.reason)
-    print(decision_line(row))
-    return ExitCode.OK
-
-
-def add_officer_request_commands(node: Any) -> None:
-    """`fedtrace node requests|approve|refuse NODE_DIR …`."""
-    p = node.add_parser("requests", help="list follow-up requests (expired ones are flagged)")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("--pending", action="store_true", help="only requests awaiting a decision")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(run=_node_requests)
-    p = node.add_parser("approve", help="approve a pending follow-up request")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--fields", metavar="a,b", help="disclose only these (default: all asked)")
-    p.add_argument("--reason", metavar="TEXT")
-    p.set_defaults(run=_node_approve)
-    p = node.add_parser("refuse", help="refuse a pending follow-up request")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--reason", required=True, metavar="TEXT")
-    p.set_defaults(run=_node_refuse)

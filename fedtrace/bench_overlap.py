@@ -1,4 +1,4 @@
-"""Benchmark of the overlap census with real node processes: seconds and peak memory.
+"""Benchmark of the overlap query with real node processes: seconds and peak memory.
 
 Builds a throwaway federation (CA, N nodes over synthetic ETH transactions with
 about 10% of each wallet set shared across every group), starts `fedtrace node
@@ -6,9 +6,9 @@ serve` for each, runs `fedtrace query overlap` once and reports wall time and th
 peak RSS of the coordinator and of every node process (their blinding pool's
 worker processes are not included; they hold one batch each).
 
-    python -m fedtrace.bench_census --nodes 3 --wallets 100000 [--dir DIR]
+    python -m fedtrace.bench_overlap --nodes 3 --wallets 100000 [--dir DIR]
 
-Setup (ingest, each node's membership epoch) is timed apart from the census.
+Setup (ingest, each node's membership epoch) is timed apart from the overlap.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ CODES = ("EE", "FR", "SG", "DE", "LT", "PL", "NL", "ES")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedtrace.cli", *args], capture_output=True,
-                          text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "fedtrace.cli", *args], capture_output=True, text=True, check=True
+    )
 
 
-def wallet_sets(codes: tuple[str, ...], wallets: int, shared_fraction: float = 0.1,
-                seed: int = 1) -> dict[str, list[str]]:
+def wallet_sets(
+    codes: tuple[str, ...], wallets: int, shared_fraction: float = 0.1, seed: int = 1
+) -> dict[str, list[str]]:
     """Lower-case 0x+40-hex addresses; shared ones cycle through every group of two or more."""
     rng = random.Random(seed)
     groups = [m for m in range(1, 1 << len(codes)) if m.bit_count() >= 2]
@@ -58,11 +60,31 @@ def wallet_sets(codes: tuple[str, ...], wallets: int, shared_fraction: float = 0
 def _write_transactions(path: Path, wallets: list[str]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["tx_hash", "chain", "from_address", "to_address", "asset", "amount",
-                         "amount_eur", "timestamp"])
+        writer.writerow(
+            [
+                "tx_hash",
+                "chain",
+                "from_address",
+                "to_address",
+                "asset",
+                "amount",
+                "amount_eur",
+                "timestamp",
+            ]
+        )
         for index, address in enumerate(wallets):
-            writer.writerow([f"0x{index:064x}", "eth", address, address, "ETH", "1", "1.00",
-                             "2026-01-01T00:00:00Z"])
+            writer.writerow(
+                [
+                    f"0x{index:064x}",
+                    "eth",
+                    address,
+                    address,
+                    "ETH",
+                    "1",
+                    "1.00",
+                    "2026-01-01T00:00:00Z",
+                ]
+            )
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -92,13 +114,31 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
                 'datasets = ["wallets"]\ndisclosure = "overlap"\nreveal_to_owner = true\n'
             )
             _write_transactions(root / f"{code}.csv", sets[code])
-            _cli("node", "ingest", str(node_dir), str(root / f"{code}.csv"), "--table",
-                 "transactions")
+            _cli(
+                "node",
+                "ingest",
+                str(node_dir),
+                str(root / f"{code}.csv"),
+                "--table",
+                "transactions",
+            )
         for code in codes:
             log = (root / f"{code}.log").open("w")
             process = subprocess.Popen(
-                [sys.executable, "-m", "fedtrace.cli", "node", "serve", str(root / code),
-                 "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "node",
+                    "serve",
+                    str(root / code),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
             assert process.stdout is not None
             line = process.stdout.readline()
             if "serving on" not in line:
@@ -106,30 +146,55 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
             processes[code] = process
             addresses[code] = line.rsplit(" ", 1)[-1].strip()
         setup_seconds = time.perf_counter() - started
-        lines = ["[investigator]", f'name = "{codes[0]}"', 'cert = "investigator/cert.pem"',
-                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
-                 "deadline_seconds = 3600", ""]
+        lines = [
+            "[investigator]",
+            f'name = "{codes[0]}"',
+            'cert = "investigator/cert.pem"',
+            'key = "investigator/key.pem"',
+            'ca = "ca/ca.pem"',
+            "",
+            "[query]",
+            "deadline_seconds = 3600",
+            "",
+        ]
         for code in codes:
             lines += ["[[node]]", f'name = "{code}"', f'address = "{addresses[code]}"', ""]
         (root / "federation.toml").write_text("\n".join(lines))
         started = time.perf_counter()
         with (root / "query.err").open("w+") as errors:
             coordinator = subprocess.Popen(
-                [sys.executable, "-m", "fedtrace.cli", "query", "overlap", "--federation",
-                 str(root / "federation.toml"), "--dataset", "wallets", "--case", "BENCH",
-                 "--format", "json", "--out", str(root / "report.json")],
-                stderr=errors, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "fedtrace.cli",
+                    "query",
+                    "overlap",
+                    "--federation",
+                    str(root / "federation.toml"),
+                    "--dataset",
+                    "wallets",
+                    "--case",
+                    "BENCH",
+                    "--format",
+                    "json",
+                    "--out",
+                    str(root / "report.json"),
+                ],
+                stderr=errors,
+                text=True,
+            )
             # VmHWM polled while it lives: wait4's ru_maxrss carries this process's peak
             # (the generated wallet sets) over into the child across fork + exec.
             coordinator_rss = 0.0
             while coordinator.poll() is None:
                 coordinator_rss = max(coordinator_rss, _peak_rss_mib(coordinator.pid))
                 time.sleep(0.01)
-            census_seconds = time.perf_counter() - started
+            overlap_seconds = time.perf_counter() - started
             if coordinator.returncode != 0:
                 errors.seek(0)
-                raise RuntimeError(f"census failed ({coordinator.returncode}): "
-                                   f"{errors.read()[-2000:]}")
+                raise RuntimeError(
+                    f"overlap failed ({coordinator.returncode}): {errors.read()[-2000:]}"
+                )
         report = json.loads((root / "report.json").read_text())
         node_rss = {code: _peak_rss_mib(p.pid) for code, p in processes.items()}
     finally:
@@ -143,9 +208,9 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
         "nodes": n_nodes,
         "wallets_per_node": wallets,
         "setup_seconds": round(setup_seconds, 1),
-        "census_seconds": round(census_seconds, 2),
+        "overlap_seconds": round(overlap_seconds, 2),
         "scalar_multiplications": multiplications,
-        "multiplications_per_second": round(multiplications / census_seconds),
+        "multiplications_per_second": round(multiplications / overlap_seconds),
         "coordinator_peak_rss_mib": coordinator_rss,
         "node_peak_rss_mib": node_rss,
         "groups": report["groups"],
@@ -154,7 +219,7 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench_census")
+    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench_overlap")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--wallets", type=int, default=100_000)
     parser.add_argument("--dir", help="build the federation here (default: a temporary dir)")
@@ -162,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dir:
         result = run(args.nodes, args.wallets, Path(args.dir))
     else:
-        with tempfile.TemporaryDirectory(prefix="fedtrace-census-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="fedtrace-overlap-bench-") as tmp:
             result = run(args.nodes, args.wallets, Path(tmp))
     print(json.dumps(result, indent=2))
     return 0

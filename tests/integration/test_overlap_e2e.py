@@ -1,4 +1,4 @@
-"""The overlap census end to end: real `fedtrace node serve` processes, the real CLI.
+"""The overlap query end to end: real `fedtrace node serve` processes, the real CLI.
 
 Nodes hold planted wallet sets; every group count must equal the plain-Python
 oracle, each node's `node shared` must list exactly its shared records, a node
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from fedtrace import group, overlap
+from fedtrace import group
+from fedtrace import overlap as overlap_protocol
 from fedtrace.items import item_bytes
 from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
 from tests.integration.conftest import NodeProcess, fedtrace
@@ -75,7 +76,8 @@ def oracle_groups(sets: dict[str, set[str]], roster: tuple[str, ...]) -> dict[fr
         for item in sets[code]:
             holders.setdefault(item, set()).add(code)
     counts = {
-        frozenset(g): 0 for size in range(2, len(roster) + 1)
+        frozenset(g): 0
+        for size in range(2, len(roster) + 1)
         for g in itertools.combinations(roster, size)
     }
     for codes in holders.values():
@@ -84,8 +86,9 @@ def oracle_groups(sets: dict[str, set[str]], roster: tuple[str, ...]) -> dict[fr
     return counts
 
 
-def oracle_shared(sets: dict[str, set[str]], roster: tuple[str, ...], code: str
-                  ) -> dict[str, list[str]]:
+def oracle_shared(
+    sets: dict[str, set[str]], roster: tuple[str, ...], code: str
+) -> dict[str, list[str]]:
     return {
         item: sorted(other for other in roster if other != code and item in sets[other])
         for item in sets[code]
@@ -96,15 +99,35 @@ def oracle_shared(sets: dict[str, set[str]], roster: tuple[str, ...], code: str
 def write_transactions(path: Path, wallets: set[str]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["tx_hash", "chain", "from_address", "to_address", "asset", "amount",
-                         "amount_eur", "timestamp"])
+        writer.writerow(
+            [
+                "tx_hash",
+                "chain",
+                "from_address",
+                "to_address",
+                "asset",
+                "amount",
+                "amount_eur",
+                "timestamp",
+            ]
+        )
         for index, address in enumerate(sorted(wallets)):
-            writer.writerow([f"0x{index:064x}", "eth", address, address, "ETH", "1.0", "10.00",
-                             "2026-01-02T03:04:05Z"])
+            writer.writerow(
+                [
+                    f"0x{index:064x}",
+                    "eth",
+                    address,
+                    address,
+                    "ETH",
+                    "1.0",
+                    "10.00",
+                    "2026-01-02T03:04:05Z",
+                ]
+            )
 
 
 @dataclass
-class CensusFederation:
+class OverlapFederation:
     root: Path
     sets: dict[str, set[str]]
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
@@ -113,44 +136,101 @@ class CensusFederation:
     def fed(self) -> Path:
         return self.root / "federation.toml"
 
-    def overlap(self, nodes: tuple[str, ...], case: str, *extra: str, fmt: str = "json",
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def overlap(
+        self,
+        nodes: tuple[str, ...],
+        case: str,
+        *extra: str,
+        fmt: str = "json",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "fedtrace.cli", "query", "overlap", "--federation",
-             str(self.fed), "--dataset", "wallets", "--case", case, "--legal-basis", "MLA",
-             "--nodes", ",".join(nodes), "--format", fmt, *extra],
-            capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+            [
+                sys.executable,
+                "-m",
+                "fedtrace.cli",
+                "query",
+                "overlap",
+                "--federation",
+                str(self.fed),
+                "--dataset",
+                "wallets",
+                "--case",
+                case,
+                "--legal-basis",
+                "MLA",
+                "--nodes",
+                ",".join(nodes),
+                "--format",
+                fmt,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **(env or {})},
         )
 
     def shared(self, code: str, case: str) -> dict[str, list[str]]:
-        done = fedtrace("node", "shared", str(self.nodes[code].node_dir), "--case", case,
-                        "--format", "json", check=True)
+        done = fedtrace(
+            "node",
+            "shared",
+            str(self.nodes[code].node_dir),
+            "--case",
+            case,
+            "--format",
+            "json",
+            check=True,
+        )
         document = json.loads(done.stdout)
         assert document["node"] == code and document["case"] == case
         return {row["record"]: row["shared_with"] for row in document["shared"]}
 
 
 @pytest.fixture(scope="module")
-def census_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CensusFederation]:
-    root = tmp_path_factory.mktemp("census")
+def overlap_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverlapFederation]:
+    root = tmp_path_factory.mktemp("overlap")
     init_ca(root / "ca")
-    fed = CensusFederation(root=root, sets=planted_sets(ALL))
+    fed = OverlapFederation(root=root, sets=planted_sets(ALL))
     for code in ALL:
         node_dir = root / "nodes" / code
-        fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"),
-                 check=True)
+        fedtrace(
+            "node",
+            "init",
+            str(node_dir),
+            "--jurisdiction",
+            code,
+            "--ca",
+            str(root / "ca"),
+            check=True,
+        )
         (node_dir / "policy.toml").write_text(_policy(code))
         write_transactions(root / f"{code}.csv", fed.sets[code])
-        fedtrace("node", "ingest", str(node_dir), str(root / f"{code}.csv"), "--table",
-                 "transactions", check=True)
+        fedtrace(
+            "node",
+            "ingest",
+            str(node_dir),
+            str(root / f"{code}.csv"),
+            "--table",
+            "transactions",
+            check=True,
+        )
         fed.nodes[code] = NodeProcess(code, node_dir)
     issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
     try:
         for node in fed.nodes.values():
             node.start()
-        lines = ["[investigator]", f'name = "{INVESTIGATOR}"', 'cert = "investigator/cert.pem"',
-                 'key = "investigator/key.pem"', 'ca = "ca/ca.pem"', "", "[query]",
-                 "deadline_seconds = 60", ""]
+        lines = [
+            "[investigator]",
+            f'name = "{INVESTIGATOR}"',
+            'cert = "investigator/cert.pem"',
+            'key = "investigator/key.pem"',
+            'ca = "ca/ca.pem"',
+            "",
+            "[query]",
+            "deadline_seconds = 60",
+            "",
+        ]
         for code, node in fed.nodes.items():
             lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
         fed.fed.write_text("\n".join(lines))
@@ -175,22 +255,25 @@ def _pairs(report: dict[str, object]) -> dict[frozenset[str], object]:
 
 @pytest.mark.parametrize("roster", [("EE", "FR", "SG"), REVEALING], ids=["3-nodes", "4-nodes"])
 def test_group_counts_equal_the_oracle_and_owners_learn_exactly_their_shared_records(
-    census_federation: CensusFederation, roster: tuple[str, ...], tmp_path: Path
+    overlap_federation: OverlapFederation, roster: tuple[str, ...], tmp_path: Path
 ) -> None:
     case = f"CASE-OVERLAP-{len(roster)}"
     relay_log = tmp_path / "relayed.jsonl"
-    done = census_federation.overlap(roster, case, env={"FEDTRACE_CENSUS_RELAY_LOG":
-                                                        str(relay_log)})
+    done = overlap_federation.overlap(
+        roster, case, env={"FEDTRACE_OVERLAP_RELAY_LOG": str(relay_log)}
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["query"] == "overlap" and report["case"] == case
     assert report["dataset"] == "wallets"
     assert [r["node"] for r in report["results"]] == list(roster)
     assert all(r["status"] == "ok" and r["disclosure"] == "overlap" for r in report["results"])
-    assert all(r["signature"]["transcript"]["census_id"] == report["census"]["census_id"]
-               for r in report["results"])
-    assert report["census"]["reveal_to_owners"] is True
-    sets = census_federation.sets
+    assert all(
+        r["signature"]["transcript"]["overlap_id"] == report["overlap"]["overlap_id"]
+        for r in report["results"]
+    )
+    assert report["overlap"]["reveal_to_owners"] is True
+    sets = overlap_federation.sets
     expected = oracle_groups(sets, roster)
     assert _groups(report) == expected
     assert _pairs(report) == {
@@ -200,27 +283,32 @@ def test_group_counts_equal_the_oracle_and_owners_learn_exactly_their_shared_rec
     for result in report["results"]:
         assert result["set_size"] == len(sets[result["node"]])
     for code in roster:
-        assert census_federation.shared(code, case) == oracle_shared(sets, roster, code)
+        assert overlap_federation.shared(code, case) == oracle_shared(sets, roster, code)
 
     # Nothing relayed is a raw identifier, its item encoding, or its unkeyed hash-to-group.
     messages = [json.loads(line) for line in relay_log.read_text().splitlines()]
     assert {m["sender"] for m in messages} >= set(roster)
     payload = b"".join(bytes.fromhex(m["payload"]) for m in messages)
     every = set().union(*(sets[code] for code in roster))
-    hashed = {group.hash_to_group(item_bytes("wallet", a), overlap.OVERLAP_DST) for a in every}
+    hashed = {
+        group.hash_to_group(item_bytes("wallet", a), overlap_protocol.OVERLAP_DST) for a in every
+    }
     assert not any(address.encode() in payload for address in every)
     assert not any(address[2:].encode() in payload for address in every)
-    points = {bytes.fromhex(m["payload"])[i : i + 32]
-              for m in messages if m["sender"] != "coordinator" or m["hop"] < len(roster)
-              for i in range(0, len(m["payload"]) // 2, 32)}
+    points = {
+        bytes.fromhex(m["payload"])[i : i + 32]
+        for m in messages
+        if m["sender"] != "coordinator" or m["hop"] < len(roster)
+        for i in range(0, len(m["payload"]) // 2, 32)
+    }
     assert points and not points & hashed
 
 
-def test_node_without_an_overlap_grant_is_denied_and_the_census_runs_among_the_rest(
-    census_federation: CensusFederation,
+def test_node_without_an_overlap_grant_is_denied_and_the_overlap_runs_among_the_rest(
+    overlap_federation: OverlapFederation,
 ) -> None:
     roster = ("EE", NO_GRANT, "SG")
-    done = census_federation.overlap(roster, "CASE-OVERLAP-DENIED")
+    done = overlap_federation.overlap(roster, "CASE-OVERLAP-DENIED")
     assert done.returncode == 3, done.stderr
     report = json.loads(done.stdout)
     results = {r["node"]: r for r in report["results"]}
@@ -230,41 +318,44 @@ def test_node_without_an_overlap_grant_is_denied_and_the_census_runs_among_the_r
         "ask LT's privacy officer for a grant"
     )
     assert results["EE"]["status"] == results["SG"]["status"] == "ok"
-    assert report["census"]["participants"] == ["EE", "SG"]
-    assert _groups(report) == oracle_groups(census_federation.sets, ("EE", "SG"))
+    assert report["overlap"]["participants"] == ["EE", "SG"]
+    assert _groups(report) == oracle_groups(overlap_federation.sets, ("EE", "SG"))
 
 
-def test_count_only_census_applies_the_largest_cohort_and_reveals_nothing(
-    census_federation: CensusFederation,
+def test_count_only_overlap_applies_the_largest_cohort_and_reveals_nothing(
+    overlap_federation: OverlapFederation,
 ) -> None:
     roster = ("EE", "SG", COUNT_ONLY)
     case = "CASE-OVERLAP-COHORT"
-    done = census_federation.overlap(roster, case)
+    done = overlap_federation.overlap(roster, case)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["census"]["reveal_to_owners"] is False
-    assert report["census"]["min_cohort"] == 40
-    exact = oracle_groups(census_federation.sets, roster)
+    assert report["overlap"]["reveal_to_owners"] is False
+    assert report["overlap"]["min_cohort"] == 40
+    exact = oracle_groups(overlap_federation.sets, roster)
     assert sorted(exact.values()) == [36, 36, 36, 45]  # planted: three pairs below the cohort
     assert _groups(report) == {g: ("< 40" if 0 < n < 40 else n) for g, n in exact.items()}
     # Every pair covers a suppressed exact pair, so no pair count is shown (no subtraction).
     assert set(_pairs(report).values()) == {"suppressed"}
     for code in roster:
-        assert census_federation.shared(code, case) == {}
+        assert overlap_federation.shared(code, case) == {}
 
 
-def test_table_and_csv_reports(census_federation: CensusFederation) -> None:
+def test_table_and_csv_reports(overlap_federation: OverlapFederation) -> None:
     roster = ("EE", "FR", "SG")
-    table = census_federation.overlap(roster, "CASE-OVERLAP-TABLE", fmt="table")
+    table = overlap_federation.overlap(roster, "CASE-OVERLAP-TABLE", fmt="table")
     assert table.returncode == 0, table.stderr
-    exact = oracle_groups(census_federation.sets, roster)
+    exact = oracle_groups(overlap_federation.sets, roster)
     assert "items held by exactly these jurisdictions" in table.stdout
     assert "EE + FR + SG" in table.stdout
     assert "pairwise: items both hold" in table.stdout
     line = next(x for x in table.stdout.splitlines() if x.strip().startswith("EE + FR + SG"))
     assert line.split()[-1] == str(exact[frozenset(roster)])
-    rows = list(csv.reader(census_federation.overlap(roster, "CASE-OVERLAP-CSV",
-                                                     fmt="csv").stdout.splitlines()))
+    rows = list(
+        csv.reader(
+            overlap_federation.overlap(roster, "CASE-OVERLAP-CSV", fmt="csv").stdout.splitlines()
+        )
+    )
     assert rows[0] == ["section", "jurisdictions", "count", "status", "reason", "policy_version"]
     groups = {r[1]: int(r[2]) for r in rows if r[0] == "group"}
     assert groups == {" ".join(c for c in roster if c in g): n for g, n in exact.items()}

@@ -1,6 +1,6 @@
-"""What a node signs over its side of an overlap census, computed identically by the coordinator.
+"""What a node signs over its side of an overlap query, computed identically by the coordinator.
 
-A census spans several RPCs, so the node signs once, at close: the query context,
+A overlap spans several RPCs, so the node signs once, at close: the query context,
 the roster, its own set size, and the SHA-256 of every point batch it sent and
 received (its initial set, each relay hop, the notices). The coordinator
 rebuilds the same document from the messages it relayed (it saw every one) and
@@ -14,11 +14,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-CENSUS_TRANSCRIPT_DOMAIN = b"fedtrace-census-transcript-v1\x00"
+OVERLAP_TRANSCRIPT_DOMAIN = b"fedtrace-overlap-transcript-v1\x00"
 
 
 @dataclass(frozen=True)
-class CensusHop:
+class OverlapHop:
     """One relay pass of this node over one foreign set."""
 
     origin: str
@@ -29,11 +29,11 @@ class CensusHop:
 
 
 @dataclass(frozen=True)
-class CensusTranscript:
+class OverlapTranscript:
     jurisdiction: str
     investigator: str
     dataset: str
-    census_id: str
+    overlap_id: str
     roster: tuple[str, ...]
     reveal: bool
     disclosure: str
@@ -44,7 +44,7 @@ class CensusTranscript:
     timestamp_unix_ms: int
     set_size: int
     initial_sha256: str  # SHA-256 of the node's initial batches, concatenated
-    hops: tuple[CensusHop, ...] = field(default_factory=tuple)  # sorted by hop
+    hops: tuple[OverlapHop, ...] = field(default_factory=tuple)  # sorted by hop
     notices_sha256: str = ""  # reveal only: SHA-256 of the notices the node received
     min_cohort: int = 1  # the node's grant: counts below it are shown as "< k"
     reveal_to_owner: bool = False  # the node's grant: whether it asked to learn its shared items
@@ -53,13 +53,14 @@ class CensusTranscript:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     def digest(self) -> bytes:
-        return hashlib.sha256(CENSUS_TRANSCRIPT_DOMAIN + self.canonical_json()).digest()
+        return hashlib.sha256(OVERLAP_TRANSCRIPT_DOMAIN + self.canonical_json()).digest()
 
     @classmethod
-    def from_json(cls, document: dict[str, object]) -> CensusTranscript:
+    def from_json(cls, document: dict[str, object]) -> OverlapTranscript:
         fields = dict(document)
         fields["roster"] = tuple(fields["roster"])  # type: ignore[arg-type]
         fields["hops"] = tuple(
-            CensusHop(**hop) for hop in fields["hops"]  # type: ignore[attr-defined]
+            OverlapHop(**hop)
+            for hop in fields["hops"]  # type: ignore[attr-defined]
         )
         return cls(**fields)  # type: ignore[arg-type]

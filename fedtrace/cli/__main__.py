@@ -1,0 +1,7 @@
+"""`python -m fedtrace.cli`."""
+
+import sys
+
+from fedtrace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""`fedtrace policy check|explain|diff`: the privacy officer's policy tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedtrace.errors import ExitCode, FedtraceError
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from node.policy_check import check_policies
+
+    report = check_policies(
+        [Path(f) for f in args.files], node_dir=Path(args.node) if args.node else None
+    )
+    for diagnostic in report.diagnostics:
+        print(diagnostic.format())
+    print(report.summary(), file=sys.stderr)
+    return report.exit_code(strict=args.strict)
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from node.policy import load_policy
+    from node.policy_explain import explain
+
+    path = Path(args.file)
+    policy = load_policy(path)
+    datasets: tuple[str, ...] = ()
+    if (path.parent / "node.toml").exists():
+        from node.config import load_node_config
+
+        try:
+            datasets = tuple(d.name for d in load_node_config(path.parent).datasets)
+        except FedtraceError:
+            datasets = ()
+    sys.stdout.write(explain(policy, args.partner, args.dataset, datasets))
+    return ExitCode.OK
+
+
+def _policy_diff(args: argparse.Namespace) -> int:
+    from node.policy import load_policy
+    from node.policy_explain import diff
+
+    sys.stdout.write(diff(load_policy(Path(args.old)), load_policy(Path(args.new))))
+    return ExitCode.OK
+
+
+def register(commands: Any) -> None:
+    """Add this command group to the root parser."""
+    policy = commands.add_parser(
+        "policy", help="check and explain disclosure policies"
+    ).add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    p = policy.add_parser("check", help="report every problem as file:line:column")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--node",
+        metavar="NODE_DIR",
+        help="also check datasets and columns against this node's node.toml "
+        "(default: the node.toml beside FILE, if it names FILE)",
+    )
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too")
+    p.set_defaults(run=_policy_check)
+    p = policy.add_parser("explain", help="what a partner may learn, in plain language")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--partner", required=True, metavar="CODE")
+    p.add_argument("--dataset", metavar="D")
+    p.set_defaults(run=_policy_explain)
+    p = policy.add_parser("diff", help="what changes for each partner between two policies")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.set_defaults(run=_policy_diff)
