@@ -1,6 +1,6 @@
 """`fedtrace query overlap`: run the overlap and report it as a table and matrix, JSON or CSV.
 
-JSON extends the DESIGN.md report shape: ``{"case", "query": "overlap", "dataset",
+JSON extends the report shape of docs/reports.md: ``{"case", "query": "overlap", "dataset",
 "overlap", "groups", "pairwise", "results": [...]}``, one result per node asked
 (``ok``, ``denied``, ``unavailable`` or ``error``, with ``reason``). Counts under
 the minimum cohort are the string ``"< k"``; a pair hiding a suppressed group is

@@ -1,4 +1,4 @@
-"""Query reports for the investigator: a readable table, the JSON contract of DESIGN.md, or CSV."""
+"""Query reports for the investigator: a readable table, the JSON contract (docs/reports.md), or CSV."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class WatchlistSummary:
 
 
 def result_json(result: NodeResult) -> dict[str, Any]:
-    """One node's result in the DESIGN.md shape; absent fields are left out, not nulled."""
+    """One node's result in the shape docs/reports.md gives; absent fields are left out, not nulled."""
     out: dict[str, Any] = {"node": result.node, "status": result.status}
     if result.status != "ok":
         out["reason"] = result.reason

@@ -6,7 +6,7 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Exit statuses of the `fedtrace` command (DESIGN.md, user contract)."""
+    """Exit statuses of the `fedtrace` command (docs/reports.md)."""
 
     OK = 0
     FAILED = 1  # a check found problems (id normalize, policy check, audit verify)

@@ -1,4 +1,4 @@
-"""The membership exchange (DESIGN.md, "Core exchange") as pure functions.
+"""The membership exchange (docs/protocol.md) as pure functions.
 
 Coordinator                                   Node (epoch key b, table T = {H(y)^b})
   BlindedQuery(items): H(x)^a      ------->   evaluate(points, b): H(x)^(ab)

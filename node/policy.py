@@ -29,7 +29,7 @@ from fedtrace.tomlconfig import suggest
 
 
 class Level(enum.IntEnum):
-    """Disclosure levels, lowest first (DESIGN.md); values match fedtrace.v1.Disclosure."""
+    """Disclosure levels, lowest first (docs/protocol.md); values match fedtrace.v1.Disclosure."""
 
     CARDINALITY = 1
     AGGREGATE = 2
