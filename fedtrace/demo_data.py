@@ -71,6 +71,12 @@ class DemoData:
     planted_in: Mapping[str, frozenset[str]]
     shared_persons: tuple[tuple[str, str, str], ...]
 
+    def tables(
+        self, code: str, names: Sequence[str] = ("transactions", "subjects", "subject_wallets")
+    ) -> dict[str, Path]:
+        """Table name -> CSV of one jurisdiction, in ingest order (for `node ingest --table`)."""
+        return {name: self.out_dir / code / f"{name}.csv" for name in names}
+
     def watchlist(self, size: int = 200) -> list[str]:
         """A deterministic watchlist: planted wallets (often written in a
         non-canonical but valid form) mixed with addresses no node holds."""

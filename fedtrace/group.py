@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 
 import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
@@ -192,18 +191,6 @@ def _exponentiate_chunk(points_blob: bytes, scalar: bytes, offset: int) -> bytes
     return b"".join(_exponentiate_in_process(split_points(points_blob), scalar, offset))
 
 
-def _raw_chunk(count: int) -> float:
-    """Seconds for ``count`` bare from_hash + scalarmult calls (the libsodium ceiling)."""
-    uniform = [hashlib.sha512(i.to_bytes(8, "little")).digest() for i in range(count)]
-    scalar = random_scalar()
-    from_hash = _from_hash
-    multiply = _multiply
-    started = time.perf_counter()
-    for digest in uniform:
-        multiply(scalar, from_hash(digest))
-    return time.perf_counter() - started
-
-
 def _plan(count: int, workers: int | None) -> tuple[int, list[tuple[int, int]]]:
     """Worker count and chunk bounds; a single bound means "stay in process"."""
     resolved = parallel.default_workers(workers)
@@ -258,46 +245,3 @@ def exponentiate(
 def shutdown_pool() -> None:
     """Stop the worker processes (also done automatically at exit)."""
     parallel.shutdown_pool()
-
-
-def measure_rates(n: int) -> dict[str, float]:
-    """Throughput of the group layer on ``n`` items, in items per second.
-
-    ``raw_*`` is bare libsodium from_hash + scalarmult through rbcl (no
-    expand_message_xmd, no batching), once on one core and once concurrently on
-    every core; the concurrent figure is the ceiling ``blind_items`` is held to.
-    The pool is warmed first, so process start-up is not counted.
-    """
-    cores = parallel.default_workers(None)
-    items = [f"bench-item-{index:012d}".encode() for index in range(n)]
-    scalar = random_scalar()
-    rates: dict[str, float] = {"items": float(n), "cores": float(cores)}
-
-    rates["raw_single_core"] = n / _raw_chunk(n)
-    if cores > 1:
-        parallel.run_chunks(_raw_chunk, [(200,)] * cores, cores)  # start and warm every worker
-        per_core = -(-n // cores)
-        # Every task times only its own libsodium loop and all run at once, so
-        # the slowest task bounds what the cores together sustain.
-        elapsed = parallel.run_chunks(_raw_chunk, [(per_core,)] * cores, cores)
-        rates["raw_all_cores"] = per_core * cores / max(elapsed)
-    else:
-        rates["raw_all_cores"] = rates["raw_single_core"]
-
-    started = time.perf_counter()
-    blind_items(items, scalar, workers=1)
-    rates["blind_items_1_worker"] = n / (time.perf_counter() - started)
-    started = time.perf_counter()
-    blind_items(items, scalar, workers=cores)
-    rates["blind_items_all_workers"] = n / (time.perf_counter() - started)
-    rates["blind_items_vs_ceiling"] = rates["blind_items_all_workers"] / rates["raw_all_cores"]
-    rates["blind_items_1_worker_vs_raw"] = rates["blind_items_1_worker"] / rates["raw_single_core"]
-    return rates
-
-
-if __name__ == "__main__":  # pragma: no cover - manual benchmark entry point
-    import json
-    import sys
-
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    print(json.dumps(measure_rates(count), indent=2))

@@ -10,35 +10,41 @@ from pathlib import Path
 
 import pytest
 
-from fedtrace import bench, bench_federation
+from fedtrace.bench import aggregate as aggregate_bench
+from fedtrace.bench import federation as bench_federation
+from fedtrace.bench import micro
+from fedtrace.bench import run as bench
+from fedtrace.bench.__main__ import main
+from fedtrace.bench.figures import Bench, render_table, wallet_items
 
 
 @pytest.fixture
-def quiet_bench(monkeypatch: pytest.MonkeyPatch) -> bench.Bench:
-    monkeypatch.setattr(bench, "CEILING_ITEMS", 2_000)
-    return bench.Bench(lambda text: None)
+def quiet_bench(monkeypatch: pytest.MonkeyPatch) -> Bench:
+    monkeypatch.setattr(micro, "CEILING_ITEMS", 2_000)
+    return Bench(lambda text: None)
 
 
-def test_micro_sections_name_their_methods(quiet_bench: bench.Bench) -> None:
-    ceiling = bench.measure_ceiling(quiet_bench)
+@pytest.mark.slow  # starts the worker pool and the openmined-psi peer
+def test_micro_sections_name_their_methods(quiet_bench: Bench) -> None:
+    ceiling = micro.measure_ceiling(quiet_bench)
     assert ceiling > 0
-    seconds = bench.measure_blinding(quiet_bench, [1_500], ceiling)
+    seconds = micro.measure_blinding(quiet_bench, [1_500], ceiling)
     assert seconds[1_500] > 0
-    peer = bench.measure_peer(quiet_bench, [1_500])
+    peer = micro.measure_peer(quiet_bench, [1_500])
     assert set(peer) == {"setup", "request", "bytes_equal_fpr"}
-    assert bench.check_message_sizes(quiet_bench)
+    assert micro.check_message_sizes(quiet_bench)
     names = {figure.name for figure in quiet_bench.figures}
     assert "fedtrace GCS bytes/item, 1,500" in names
     assert all(figure.method for figure in quiet_bench.figures)
     filter_bytes = next(f.value for f in quiet_bench.figures if f.name.startswith("fedtrace GCS b"))
     assert filter_bytes <= peer["bytes_equal_fpr"]
     quiet_bench.target("example", 1.0, "<=", 2.0, "s")
-    table = bench.render_table(quiet_bench)
+    table = render_table(quiet_bench)
     assert "[ceiling]" in table and "MET" in table
 
 
 def test_generated_transactions_are_valid_and_touch_each_wallet_once(tmp_path: Path) -> None:
-    wallets = bench.wallet_items(10)
+    wallets = wallet_items(10)
     path = tmp_path / "tx.csv"
     assert bench_federation.write_transactions(path, wallets, seed=1) == 5
     with path.open() as handle:
@@ -56,24 +62,20 @@ def test_peak_memory_is_read_from_proc() -> None:
 def test_json_output_is_one_object(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    def fake_run(quick: bool, workdir: Path, cold: int, warm: int, say: object) -> bench.Bench:
-        result = bench.Bench(lambda text: None)
+    def fake_run(quick: bool, workdir: Path, cold: int, warm: int, say: object) -> Bench:
+        result = Bench(lambda text: None)
         result.add("ceiling", "x", 1.0, "items/s", "fake")
         result.target("t", 1.0, ">=", 0.5, "ratio")
         return result
 
     monkeypatch.setattr(bench, "run", fake_run)
-    assert bench.main(["--json", "--quick", "--workdir", str(tmp_path)]) == 0
+    assert main(["--json", "--quick", "--workdir", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["targets"][0]["met"] is True
     assert report["figures"][0]["method"] == "fake"
 
 
-def test_aggregate_rows_and_targets(
-    monkeypatch: pytest.MonkeyPatch, quiet_bench: bench.Bench
-) -> None:
-    from fedtrace import aggregate
-
+def test_aggregate_rows_and_targets(monkeypatch: pytest.MonkeyPatch, quiet_bench: Bench) -> None:
     calls: list[int] = []
 
     def fake_query(n_records: int) -> dict[str, float]:
@@ -84,7 +86,7 @@ def test_aggregate_rows_and_targets(
         )
         return figures
 
-    monkeypatch.setattr(aggregate, "measure_query", fake_query)
+    monkeypatch.setattr(aggregate_bench, "measure_query", fake_query)
     bench.measure_aggregates(quiet_bench, [100_000, 1_000_000])
     assert calls == [100_000, 1_000_000]
     targets = {t.name: t for t in quiet_bench.targets}
@@ -95,7 +97,7 @@ def test_aggregate_rows_and_targets(
 
 
 def test_overlap_runs_the_subprocess_and_reports_growth(
-    monkeypatch: pytest.MonkeyPatch, quiet_bench: bench.Bench, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, quiet_bench: Bench, tmp_path: Path
 ) -> None:
     seen: list[list[str]] = []
 
@@ -113,7 +115,7 @@ def test_overlap_runs_the_subprocess_and_reports_growth(
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     bench.measure_overlap(quiet_bench, tmp_path, [100_000, 1_000_000])
-    assert [a[a.index("-m") + 1] for a in seen] == ["fedtrace.bench_overlap"] * 2
+    assert [a[a.index("-m") + 1] for a in seen] == ["fedtrace.bench.overlap_federation"] * 2
     assert all(a[a.index("--nodes") + 1] == "3" and "--dir" in a for a in seen)
     growth = {f.name: f.value for f in quiet_bench.figures if f.section == "ratios"}
     assert growth == {

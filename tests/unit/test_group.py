@@ -169,6 +169,7 @@ def test_blind_items_is_hash_then_exponentiate() -> None:
     assert set(other_dst).isdisjoint(blinded)
 
 
+@pytest.mark.slow  # starts the worker pool and blinds 21,001 items twice
 def test_parallel_path_matches_in_process_and_keeps_order() -> None:
     count = group.PARALLEL_THRESHOLD + 1_001
     items = [b"parallel-%d" % i for i in range(count)]

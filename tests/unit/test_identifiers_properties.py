@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedtrace.bench.identifiers import measure_rate
 from fedtrace.identifiers import InvalidIdentifier, base58, bech32, canonicalize, detect_wallet
-from fedtrace.identifiers.bench import measure_rate
 from fedtrace.identifiers.evm import to_checksum_address
 
 payload20 = st.binary(min_size=20, max_size=20)

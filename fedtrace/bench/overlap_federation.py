@@ -1,12 +1,13 @@
 """Benchmark of the overlap query with real node processes: seconds and peak memory.
 
-Builds a throwaway federation (CA, N nodes over synthetic ETH transactions with
-about 10% of each wallet set shared across every group), starts `fedtrace node
-serve` for each, runs `fedtrace query overlap` once and reports wall time and the
-peak RSS of the coordinator and of every node process (their blinding pool's
-worker processes are not included; they hold one batch each).
+Builds a throwaway federation with ``fedtrace.harness`` (CA, N nodes over
+synthetic ETH transactions with about 10% of each wallet set shared across every
+group), starts `fedtrace node serve` for each, runs `fedtrace query overlap` once
+and reports wall time and the peak RSS of the coordinator and of every node
+process (their blinding pool's worker processes are not included; they hold one
+batch each).
 
-    python -m fedtrace.bench_overlap --nodes 3 --wallets 100000 [--dir DIR]
+    python -m fedtrace.bench.overlap_federation --nodes 3 --wallets 100000 [--dir DIR]
 
 Setup (ingest, each node's membership epoch) is timed apart from the overlap.
 """
@@ -24,15 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+from fedtrace.harness import LocalFederation, cli_argv
 
 CODES = ("EE", "FR", "SG", "DE", "LT", "PL", "NL", "ES")
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedtrace.cli", *args], capture_output=True, text=True, check=True
-    )
+#: A node blinds its whole set before it serves: a million wallets take minutes on 2 cores.
+START_TIMEOUT_SECONDS = 900.0
 
 
 def wallet_sets(
@@ -97,80 +94,38 @@ def _peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _policy(code: str) -> str:
+    return (
+        f'jurisdiction = "{code}"\nversion = "bench"\n[[grant]]\npartners = ["*"]\n'
+        'datasets = ["wallets"]\ndisclosure = "overlap"\nreveal_to_owner = true\n'
+    )
+
+
 def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
     codes = CODES[:n_nodes]
     started = time.perf_counter()
-    init_ca(root / "ca")
-    issue(root / "ca", root / "investigator", name=codes[0], role=ROLE_INVESTIGATOR)
-    sets = wallet_sets(codes, wallets)
-    processes: dict[str, subprocess.Popen[str]] = {}
-    addresses: dict[str, str] = {}
-    try:
+    with LocalFederation(root, investigator=codes[0], deadline_seconds=3600) as federation:
+        federation.issue_investigator()
+        sets = wallet_sets(codes, wallets)
         for code in codes:
-            node_dir = root / code
-            _cli("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
-            (node_dir / "policy.toml").write_text(
-                f'jurisdiction = "{code}"\nversion = "bench"\n[[grant]]\npartners = ["*"]\n'
-                'datasets = ["wallets"]\ndisclosure = "overlap"\nreveal_to_owner = true\n'
-            )
             _write_transactions(root / f"{code}.csv", sets[code])
-            _cli(
-                "node",
-                "ingest",
-                str(node_dir),
-                str(root / f"{code}.csv"),
-                "--table",
-                "transactions",
+            node = federation.add_node(
+                code,
+                policy=_policy(code),
+                tables={"transactions": root / f"{code}.csv"},
+                node_dir=root / code,
             )
-        for code in codes:
-            log = (root / f"{code}.log").open("w")
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedtrace.cli",
-                    "node",
-                    "serve",
-                    str(root / code),
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            if "serving on" not in line:
-                raise RuntimeError(f"node {code} did not start: see {root / f'{code}.log'}")
-            processes[code] = process
-            addresses[code] = line.rsplit(" ", 1)[-1].strip()
+            node.start_timeout = START_TIMEOUT_SECONDS
+        federation.start()
         setup_seconds = time.perf_counter() - started
-        lines = [
-            "[investigator]",
-            f'name = "{codes[0]}"',
-            'cert = "investigator/cert.pem"',
-            'key = "investigator/key.pem"',
-            'ca = "ca/ca.pem"',
-            "",
-            "[query]",
-            "deadline_seconds = 3600",
-            "",
-        ]
-        for code in codes:
-            lines += ["[[node]]", f'name = "{code}"', f'address = "{addresses[code]}"', ""]
-        (root / "federation.toml").write_text("\n".join(lines))
         started = time.perf_counter()
         with (root / "query.err").open("w+") as errors:
             coordinator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedtrace.cli",
+                cli_argv(
                     "query",
                     "overlap",
                     "--federation",
-                    str(root / "federation.toml"),
+                    str(federation.federation_file),
                     "--dataset",
                     "wallets",
                     "--case",
@@ -179,7 +134,7 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
                     "json",
                     "--out",
                     str(root / "report.json"),
-                ],
+                ),
                 stderr=errors,
                 text=True,
             )
@@ -196,13 +151,7 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
                     f"overlap failed ({coordinator.returncode}): {errors.read()[-2000:]}"
                 )
         report = json.loads((root / "report.json").read_text())
-        node_rss = {code: _peak_rss_mib(p.pid) for code, p in processes.items()}
-    finally:
-        for process in processes.values():
-            process.terminate()
-            process.wait(timeout=60)
-            if process.stdout is not None:
-                process.stdout.close()
+        node_rss = {code: _peak_rss_mib(node.pid) for code, node in federation.nodes.items()}
     multiplications = n_nodes * n_nodes * wallets
     return {
         "nodes": n_nodes,
@@ -219,7 +168,7 @@ def run(n_nodes: int, wallets: int, root: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench_overlap")
+    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench.overlap_federation")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--wallets", type=int, default=100_000)
     parser.add_argument("--dir", help="build the federation here (default: a temporary dir)")

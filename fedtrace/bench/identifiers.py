@@ -1,4 +1,4 @@
-"""Throughput measurement of wallet canonicalisation, for ``scripts/bench``."""
+"""Throughput of wallet canonicalisation (`fedtrace.identifiers`), for `scripts/bench`."""
 
 from __future__ import annotations
 

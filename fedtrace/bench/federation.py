@@ -1,12 +1,12 @@
 """Real-federation part of ``scripts/bench``: three `fedtrace node serve` processes over mTLS.
 
-Builds a federation on disk through the public commands (``node init``,
-``node ingest``), starts real node processes on loopback, and times the
+Builds a federation on disk through ``fedtrace.harness`` (the public commands
+``node init``, ``node ingest``, ``node serve`` on loopback), and times the
 investigator's ``fedtrace query match`` CLI end to end: cold (every node starts
 a new epoch, so it blinds its whole set, and the coordinator has no cached
 filter) and warm (epochs persisted, filters cached). Peak memory is read from
-``/proc/PID/status`` (``VmHWM``) for nodes and from ``wait4`` for the
-coordinator process.
+``/proc/PID/status`` (``VmHWM``): for the nodes after the runs, for the
+coordinator process polled while it runs.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+from fedtrace.bench.figures import Say
+from fedtrace.harness import LocalFederation, LocalNode, cli_argv
 
 JURISDICTIONS = ("EE", "FR", "SG")
 INVESTIGATOR = "FR"
@@ -35,6 +33,7 @@ WATCHLIST_ITEMS = 10_000
 SHARED_WALLETS = 500
 #: Wallets of each node that the watchlist names (beside the shared ones).
 WATCHLISTED_PER_NODE = 1_000
+#: A node blinds its whole set before it serves: a million wallets take minutes on 2 cores.
 START_TIMEOUT_SECONDS = 900.0
 
 POLICY = """jurisdiction = "{code}"
@@ -45,21 +44,6 @@ datasets = ["wallets"]
 disclosure = "membership"
 max_items_per_query = {limit}
 """
-
-Say = Callable[[str], None]
-
-
-def _fedtrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "fedtrace.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"`fedtrace {' '.join(args)}` failed: {done.stderr.strip()[-800:]}")
-    return done
 
 
 def _address(rng: random.Random) -> str:
@@ -82,61 +66,10 @@ def write_transactions(path: Path, wallets: list[str], seed: int) -> int:
     return rows
 
 
-@dataclass
-class BenchNode:
-    code: str
-    node_dir: Path
-    process: subprocess.Popen[str] | None = None
-    address: str = ""
-
-    def start(self) -> float:
-        """Start ``node serve`` and return the seconds until it serves (epoch included)."""
-        started = time.perf_counter()
-        with (self.node_dir / "serve.log").open("a") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedtrace.cli",
-                    "node",
-                    "serve",
-                    str(self.node_dir),
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if "serving on" not in line:
-            self.process.kill()
-            raise RuntimeError(
-                f"node {self.code} did not start: "
-                f"{(self.node_dir / 'serve.log').read_text()[-1500:]}"
-            )
-        self.address = line.rsplit(" ", 1)[-1].strip()
-        return time.perf_counter() - started
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.process = None
-
-    def peak_rss_bytes(self) -> tuple[int, int]:
-        """(peak RSS of the node process, the same plus its pool workers), from VmHWM."""
-        assert self.process is not None
-        main = _vm_hwm(self.process.pid)
-        return main, main + sum(_vm_hwm(pid) for pid in _descendants(self.process.pid))
+def peak_rss_bytes(node: LocalNode) -> tuple[int, int]:
+    """(peak RSS of the node process, the same plus its pool workers), from VmHWM."""
+    main = _vm_hwm(node.pid)
+    return main, main + sum(_vm_hwm(pid) for pid in _descendants(node.pid))
 
 
 def _vm_hwm(pid: int) -> int:
@@ -172,51 +105,38 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class Federation:
-    root: Path
+    local: LocalFederation
     wallets: int
-    nodes: list[BenchNode] = field(default_factory=list)
     watchlist: Path | None = None
     expected_matches: int = 0
     ingest_rows: int = 0
     ingest_seconds: float = 0.0
 
     @property
+    def root(self) -> Path:
+        return self.local.root
+
+    @property
+    def nodes(self) -> list[LocalNode]:
+        return list(self.local.nodes.values())
+
+    @property
     def cache_dir(self) -> Path:
         return self.root / "coordinator-cache"
-
-    def write_federation_file(self) -> Path:
-        lines = [
-            "[investigator]",
-            f'name = "{INVESTIGATOR}"',
-            'cert = "investigator/cert.pem"',
-            'key = "investigator/key.pem"',
-            'ca = "ca/ca.pem"',
-            "",
-            "[query]",
-            "deadline_seconds = 600",
-            "",
-        ]
-        for node in self.nodes:
-            lines += ["[[node]]", f'name = "{node.code}"', f'address = "{node.address}"', ""]
-        path = self.root / "federation.toml"
-        path.write_text("\n".join(lines))
-        return path
 
     def start_all(self) -> list[float]:
         """Start the nodes one after another, so each blinds its set on every core alone,
         as it would on its own machine; returns each node's seconds to serving."""
-        seconds = [node.start() for node in self.nodes]
-        self.write_federation_file()
-        return seconds
+        self.local.start()
+        return [node.start_seconds for node in self.nodes]
 
     def stop_all(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        self.local.stop()
 
     def forget_epochs(self) -> None:
         """Drop every persisted epoch and the coordinator's filter cache (nodes stopped)."""
         for node in self.nodes:
-            con = duckdb.connect(str(node.node_dir / "node.duckdb"))
+            con = duckdb.connect(str(node.database))
             try:
                 con.execute("DROP TABLE IF EXISTS epochs")
             finally:
@@ -230,14 +150,11 @@ class Federation:
         started = time.perf_counter()
         with (self.root / "query.err").open("w+") as errors:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedtrace.cli",
+                cli_argv(
                     "query",
                     "match",
                     "--federation",
-                    str(self.root / "federation.toml"),
+                    str(self.local.federation_file),
                     "--watchlist",
                     str(self.watchlist),
                     "--dataset",
@@ -250,7 +167,7 @@ class Federation:
                     "json",
                     "--out",
                     str(self.root / "report.json"),
-                ],
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 text=True,
@@ -281,19 +198,17 @@ class Federation:
 def build_federation(root: Path, wallets: int, say: Say) -> Federation:
     """CA, three nodes with ``wallets`` distinct wallets each, the investigator, a watchlist."""
     shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    init_ca(root / "ca")
-    issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
+    local = LocalFederation(root, investigator=INVESTIGATOR, deadline_seconds=600)
+    local.issue_investigator()
     rng = random.Random(f"bench:{wallets}")
     shared = [_address(rng) for _ in range(SHARED_WALLETS)]
-    federation = Federation(root=root, wallets=wallets)
+    federation = Federation(local, wallets=wallets)
     watchlisted = list(shared)
     for index, code in enumerate(JURISDICTIONS):
-        node_dir = root / "nodes" / code
-        _fedtrace("node", "init", str(node_dir), "--jurisdiction", code, "--ca", str(root / "ca"))
-        (node_dir / "policy.toml").write_text(
-            POLICY.format(code=code, investigator=INVESTIGATOR, limit=WATCHLIST_ITEMS)
+        node = local.add_node(
+            code, policy=POLICY.format(code=code, investigator=INVESTIGATOR, limit=WATCHLIST_ITEMS)
         )
+        node.start_timeout = START_TIMEOUT_SECONDS
         own = [_address(rng) for _ in range(wallets - SHARED_WALLETS)]
         watchlisted += own[:WATCHLISTED_PER_NODE]
         held = shared + own
@@ -301,11 +216,10 @@ def build_federation(root: Path, wallets: int, say: Say) -> Federation:
         csv_path = root / f"{code}-transactions.csv"
         rows = write_transactions(csv_path, held, seed=index)
         started = time.perf_counter()
-        _fedtrace("node", "ingest", str(node_dir), str(csv_path), "--table", "transactions")
+        node.ingest(csv_path, "transactions")
         federation.ingest_seconds += time.perf_counter() - started
         federation.ingest_rows += rows
         csv_path.unlink()
-        federation.nodes.append(BenchNode(code, node_dir))
         say(f"  node {code}: {wallets:,} wallets from {rows:,} transactions ingested")
     while len(watchlisted) < WATCHLIST_ITEMS:
         watchlisted.append(_address(rng))  # held by no node (with overwhelming probability)
@@ -356,7 +270,7 @@ def measure_federation(
             warm_query.append(seconds)
             coordinator_rss = max(coordinator_rss, rss)
         say(f"  warm: median {statistics.median(warm_query):.2f} s over {warm_runs} runs")
-        peaks = [node.peak_rss_bytes() for node in federation.nodes]
+        peaks = [peak_rss_bytes(node) for node in federation.nodes]
     finally:
         federation.stop_all()
     return FederationFigures(
