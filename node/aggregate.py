@@ -385,10 +385,16 @@ class PendingQueries:
         for key in [k for k, p in self._pending.items() if now - p.created > self._seconds]:
             del self._pending[key]
 
-    def has_room(self) -> bool:
+    def has_room(self, investigator: str | None = None, per_partner: int | None = None) -> bool:
+        """Whether one more round 1 fits: in all, and for `investigator` under `per_partner`."""
         with self._lock:
             self._sweep()
-            return len(self._pending) < self._capacity
+            if len(self._pending) >= self._capacity:
+                return False
+            if investigator is None or per_partner is None:
+                return True
+            held = sum(p.investigator == investigator for p in self._pending.values())
+            return held < per_partner
 
     def put(self, pending: PendingAggregate) -> None:
         with self._lock:

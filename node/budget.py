@@ -7,7 +7,10 @@ both take the last unit. A request that is refused, or fails before anything was
 disclosed, has its row removed again (`refund`): a refused query charges nothing.
 
 Usage is counted per partner and dataset, whatever grant or query kind it came
-through; the limits are those of the grant that admits the request. Windows
+through. Every grant in force that could admit the request contributes its limits
+and each one is checked, so the strictest apply: a permissive grant (say an
+aggregate grant, which also admits matches) never lifts a stricter grant's rate
+limit or budget for the queries both could admit. Windows
 slide: "50 a day" means at most 50 in any 24 hours, and a refusal names the
 moment enough earlier usage leaves the window for the request to fit.
 """
@@ -88,7 +91,16 @@ def renewal_ms(
     return now_ms  # need <= limit is checked by the caller; kept total for safety
 
 
-def _limits(grant: Grant) -> list[tuple[str, float, int, str]]:
+def _limits(grants: Sequence[Grant]) -> list[tuple[str, float, int, str]]:
+    limits: list[tuple[str, float, int, str]] = []
+    for grant in grants:
+        for limit in _grant_limits(grant):
+            if limit not in limits:
+                limits.append(limit)
+    return limits
+
+
+def _grant_limits(grant: Grant) -> list[tuple[str, float, int, str]]:
     limits: list[tuple[str, float, int, str]] = []
     if grant.rate_limit is not None:
         limits.append(
@@ -127,18 +139,19 @@ def charge(
     partner: str,
     dataset: str,
     kind: str,
-    grant: Grant,
+    grants: Sequence[Grant],
     cost: Charge,
     now: dt.datetime,
 ) -> tuple[list[LimitUse], Exhausted | None]:
-    """Check the grant's limits and record the charge in one transaction.
+    """Check the limits of every grant in `grants` and record the charge in one transaction.
 
-    Returns the use of each limit after the charge, or (use before, the limit that
-    does not fit) without recording anything.
+    Returns the use of each kind of limit after the charge (the most used one when
+    several grants set it), or (use before, the limit that does not fit) without
+    recording anything.
     """
     ensure_schema(con)
     now_ms = int(now.timestamp() * 1000)
-    limits = _limits(grant)
+    limits = _limits(grants)
     con.execute("BEGIN TRANSACTION")
     try:
         uses: list[LimitUse] = []
@@ -170,7 +183,12 @@ def charge(
                 con.execute("ROLLBACK")
                 renews = dt.datetime.fromtimestamp(moment / 1000, dt.UTC)
                 return uses, Exhausted(name, used, limit, need, per, renews)
-            uses.append(LimitUse(name, used + need, limit, per))
+            use = LimitUse(name, used + need, limit, per)
+            same = next((i for i, u in enumerate(uses) if u.name == name), None)
+            if same is None:
+                uses.append(use)
+            elif use.used / use.limit > uses[same].used / uses[same].limit:
+                uses[same] = use
         con.execute(
             "INSERT INTO policy_usage VALUES (?, ?, ?, ?, ?, ?, ?)",
             [request_id, partner, dataset, kind, now_ms, cost.items, cost.epsilon],

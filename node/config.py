@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedtrace.errors import ConfigError
 from fedtrace.tomlconfig import TableReader, load_toml
+from fedtrace.wire import MAX_MESSAGE_BYTES
 
 NODE_FILE = "node.toml"
 DATASET_KINDS = ("wallet", "person")
@@ -40,6 +41,19 @@ class Limits:
     max_message_bytes: int
     max_concurrent_queries: int
     max_items_per_request: int  # hard ceiling, whatever a policy grants
+    # Of max_concurrent_queries, how many one partner may hold at once (0: half, at least 1).
+    max_concurrent_per_partner: int = 0
+    # Open aggregate round-1s one partner may hold (the node holds at most 64 in all).
+    max_pending_aggregates_per_partner: int = 8
+    # Seconds a query stream may take to send its first message (its header).
+    first_message_seconds: float = 10.0
+
+    @property
+    def per_partner(self) -> int:
+        """Concurrent queries one partner may hold."""
+        if self.max_concurrent_per_partner > 0:
+            return min(self.max_concurrent_per_partner, self.max_concurrent_queries)
+        return max(1, self.max_concurrent_queries // 2)
 
 
 @dataclass(frozen=True)
@@ -99,16 +113,37 @@ def load_node_config(node_dir: Path) -> NodeConfig:
     limits_reader = TableReader(
         top.optional("limits", dict, {}),
         f"{path} [limits]",
-        ("max_message_bytes", "max_concurrent_queries", "max_items_per_request"),
+        (
+            "max_message_bytes",
+            "max_concurrent_queries",
+            "max_items_per_request",
+            "max_concurrent_per_partner",
+            "max_pending_aggregates_per_partner",
+            "first_message_seconds",
+        ),
     )
     limits = Limits(
-        max_message_bytes=limits_reader.optional("max_message_bytes", int, 4 * 1024 * 1024),
+        max_message_bytes=limits_reader.optional("max_message_bytes", int, MAX_MESSAGE_BYTES),
         max_concurrent_queries=limits_reader.optional("max_concurrent_queries", int, 8),
         max_items_per_request=limits_reader.optional("max_items_per_request", int, 2_000_000),
+        max_concurrent_per_partner=limits_reader.optional("max_concurrent_per_partner", int, 0),
+        max_pending_aggregates_per_partner=limits_reader.optional(
+            "max_pending_aggregates_per_partner", int, 8
+        ),
+        first_message_seconds=limits_reader.optional("first_message_seconds", float, 10.0),
     )
     limits_reader.finish()
     if limits.max_message_bytes < 1024 * 1024 or limits.max_concurrent_queries < 1:
         raise ConfigError(f"{path} [limits]: message limit must be >= 1 MiB, concurrency >= 1")
+    if (
+        limits.max_concurrent_per_partner < 0
+        or limits.max_pending_aggregates_per_partner < 1
+        or not 0 < limits.first_message_seconds <= 600
+    ):
+        raise ConfigError(
+            f"{path} [limits]: per-partner limits must be >= 1 (0: half the concurrency) and "
+            "first_message_seconds between 0 and 600"
+        )
 
     datasets = tuple(
         _dataset(table, f"{path} [[dataset]] #{i + 1}")

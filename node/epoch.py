@@ -1,18 +1,26 @@
 """Per-dataset epochs: a secret scalar, the shuffled blinded table T = {H(y)^b} and its filter.
 
 An epoch lasts `epoch_hours` or until the data or the dataset's definition
-changes. It is persisted in the node database so a restart reuses it; when a
-new epoch starts, the old secret scalar is deleted with its table.
+changes. Its public parts (table, filter) are persisted in the node database so a
+restart reuses it; its secret scalar is not: it lives in its own key file,
+``NODE_DIR/keys/<dataset>-<epoch>.key`` (0600, in a 0700 directory), so a copy of
+``node.duckdb`` (a backup, an export for the console) holds no secret. When a
+new epoch starts, the old key file is overwritten and deleted with the old
+table. A database from an older version that still holds a scalar is migrated
+when the epoch is loaded: the scalar moves to its key file, the column is
+cleared and the database checkpointed (said in the log).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 
@@ -26,6 +34,62 @@ from node.table_order import ordered_table
 log = logging.getLogger(__name__)
 
 FILTER_REMAINDER_BITS = 30  # false-positive rate 2^-30 ≈ 9.3e-10 per tested item
+KEYS_DIR = "keys"
+KEY_SUFFIX = ".key"
+
+
+def keys_dir(database: NodeDatabase) -> Path:
+    """Where the epochs' secret scalars live: ``keys/`` beside the node database."""
+    return database.path.parent / KEYS_DIR
+
+
+def key_path(directory: Path, dataset: str, epoch_id: str) -> Path:
+    return directory / f"{dataset}-{epoch_id}{KEY_SUFFIX}"
+
+
+def write_key(directory: Path, dataset: str, epoch_id: str, key: bytes) -> Path:
+    """Write an epoch's scalar to its own 0600 file in the 0700 keys directory (fsynced)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    path = key_path(directory, dataset, epoch_id)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def read_key(directory: Path, dataset: str, epoch_id: str) -> bytes | None:
+    try:
+        key = key_path(directory, dataset, epoch_id).read_bytes()
+    except OSError:
+        return None
+    return key if len(key) == group.SCALAR_BYTES else None
+
+
+def destroy_keys(directory: Path, dataset: str, keep: str = "") -> None:
+    """Overwrite with zeros and delete every key file of `dataset` but epoch `keep`'s."""
+    if not directory.is_dir():
+        return
+    for path in directory.glob(f"{dataset}-*{KEY_SUFFIX}*"):
+        if keep and path.name == f"{dataset}-{keep}{KEY_SUFFIX}":
+            continue
+        try:
+            size = path.stat().st_size
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"\x00" * size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            path.unlink()
+        except OSError as exc:
+            log.error("could not destroy the old epoch key %s: %s", path, exc.strerror)
+
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS epochs (
@@ -123,10 +187,11 @@ def current_epoch(
     """The dataset's epoch in force now, reusing the persisted one while it is current."""
     now = now or datetime.now(UTC)
     definition = definition_sha256(dataset)
+    directory = keys_dir(database)
     with database.session() as con:
         con.execute(_DDL)
         version = data_version(con)
-        stored = _load_latest(con, dataset.name)
+        stored = _load_latest(con, dataset.name, directory)
         if stored is not None and stored.is_current(version, definition, now, epoch_hours):
             return stored
         items = dataset_items(con, dataset)
@@ -148,6 +213,7 @@ def current_epoch(
         filter_sha256=hashlib.sha256(filter_.data).digest(),
         secret_key=key,
     )
+    write_key(directory, dataset.name, epoch.epoch_id, key)
     with database.session() as con:
         con.execute("BEGIN TRANSACTION")
         try:
@@ -161,7 +227,7 @@ def current_epoch(
                     now,
                     version,
                     definition,
-                    key,
+                    b"",  # the scalar is in its key file, never in the database
                     len(items),
                     b"".join(table),
                     filter_.data,
@@ -171,7 +237,10 @@ def current_epoch(
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
+            destroy_keys(directory, dataset.name, keep=stored.epoch_id if stored else "")
             raise
+    # The old epoch's scalar goes with it: answers under it can no longer be produced.
+    destroy_keys(directory, dataset.name, keep=epoch.epoch_id)
     log.info("dataset %s: new epoch %s over %d items", dataset.name, epoch.epoch_id, len(items))
     return epoch
 
@@ -185,7 +254,7 @@ def epoch_is_current(
     return epoch.is_current(version, definition_sha256(dataset), datetime.now(UTC), epoch_hours)
 
 
-def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str) -> Epoch | None:
+def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str, directory: Path) -> Epoch | None:
     row = first_row(
         con,
         "SELECT epoch_id, created, data_version, definition_sha256, secret_key, item_count, "
@@ -194,7 +263,33 @@ def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str) -> Epoch | None:
     )
     if row is None:
         return None
-    epoch_id, created, version, definition, key, count, filter_data, bits = row
+    epoch_id, created, version, definition, stored_key, count, filter_data, bits = row
+    key = bytes(stored_key)
+    if key:  # written by an older version: move the scalar out of the database
+        write_key(directory, dataset, str(epoch_id), key)
+        con.execute(
+            "UPDATE epochs SET secret_key = ? WHERE dataset = ? AND epoch_id = ?",
+            [b"", dataset, str(epoch_id)],
+        )
+        con.execute("CHECKPOINT")
+        log.warning(
+            "dataset %s: epoch %s's secret scalar moved out of the database to %s "
+            "(database checkpointed; older copies of node.duckdb still hold it)",
+            dataset,
+            epoch_id,
+            key_path(directory, dataset, str(epoch_id)),
+        )
+    else:
+        found = read_key(directory, dataset, str(epoch_id))
+        if found is None:
+            log.warning(
+                "dataset %s: epoch %s has no key file in %s; starting a new epoch",
+                dataset,
+                epoch_id,
+                directory,
+            )
+            return None
+        key = found
     filter_ = gcs.GolombFilter.from_bytes(int(count), int(bits), bytes(filter_data))
     return Epoch(
         dataset=dataset,
@@ -205,5 +300,5 @@ def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str) -> Epoch | None:
         item_count=int(count),
         filter=filter_,
         filter_sha256=hashlib.sha256(filter_.data).digest(),
-        secret_key=bytes(key),
+        secret_key=key,
     )

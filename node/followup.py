@@ -4,10 +4,8 @@ Plain functions over the node database (tests call them without gRPC):
 
 - `earlier_match` checks the node's own audit trail: a follow-up must name a case
   under which the partner already ran an answered match on that dataset here.
-- `lookup` finds what the node holds on one item with the node's own fixed SQL over
-  the dataset definition; only declared disclosable columns are ever selected.
-  `linked_subjects` (wallet datasets) is the one derived field: the subject ids
-  linked to the address in `subject_wallets`.
+- `lookup` (from `node.holdings`) finds what the node holds on one item; only
+  declared disclosable columns are ever selected.
 - `submit`, `approve`, `refuse`, `expire_overdue` move a request through its states
   (pending → approved | partly-approved | refused | expired; no-record at once) in
   the `followup_requests` table, so the officer's commands work while the node serves.
@@ -19,7 +17,6 @@ Nothing here writes an identifier into the audit trail: entries name the request
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
 import secrets
 import threading
@@ -42,13 +39,16 @@ from fedtrace.followup import (
     REFUSED,
     FollowUpRecord,
 )
-from fedtrace.identifiers import InvalidIdentifier, canonical_address, parse_person, person_keys
 from node import audit as audit_trail
 from node.config import DatasetConfig
+from node.holdings import LINKED_SUBJECTS as LINKED_SUBJECTS
+from node.holdings import MAX_RECORDS_PER_ITEM as MAX_RECORDS_PER_ITEM
+from node.holdings import allowed_fields as allowed_fields
+from node.holdings import canonical_item as canonical_item
+from node.holdings import iso as iso
+from node.holdings import lookup as lookup
 from node.store import NodeDatabase
 
-LINKED_SUBJECTS = "linked_subjects"
-MAX_RECORDS_PER_ITEM = 20  # a person may match several rows; more is a data problem
 REASON_MAX_CHARS = 2000
 
 _DDL = """
@@ -95,10 +95,6 @@ _writes = threading.Lock()  # one writer per process: DuckDB aborts conflicting 
 
 class FollowUpError(FedtraceError):
     """An officer's command that cannot be done as asked; the message says why."""
-
-
-def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(text: str) -> dt.datetime:
@@ -206,111 +202,6 @@ def select_rows(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY submitted_at, request_id"
     return [_row(values) for values in con.execute(sql, params).fetchall()]
-
-
-# --- what the node holds on an item -----------------------------------------------------------
-
-
-def canonical_item(dataset: DatasetConfig, item: str) -> str:
-    """The item in canonical form for the dataset's kind; InvalidIdentifier when it is not one."""
-    if dataset.kind == "wallet":
-        return canonical_address(item)
-    keys = parse_person(item)
-    name_dob = next(k.value for k in keys if k.type == "name_dob")
-    document = next((k.value for k in keys if k.type == "document"), None)
-    return name_dob if document is None else f"{name_dob}|{document}"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return value
-    if isinstance(value, dt.datetime):
-        return iso(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [_value(v) for v in value]
-    return str(value)
-
-
-def lookup(
-    con: duckdb.DuckDBPyConnection, dataset: DatasetConfig, item: str, fields: Sequence[str]
-) -> list[dict[str, Any]]:
-    """The node's records for `item` (canonical), with `fields` only; [] when it holds none.
-
-    Fixed SQL over the dataset definition: the fields are declared disclosable columns
-    (checked by the caller against node.toml and the policy), quoted as identifiers,
-    and the item is a bound parameter.
-    """
-    columns = [f for f in fields if f != LINKED_SUBJECTS]
-    for name in columns:
-        if name not in dataset.disclosable_columns:
-            raise ValueError(f"{name!r} is not a disclosable column of {dataset.name!r}")
-    if dataset.kind == "wallet":
-        key = _quote(dataset.key_column)
-        selected = ", ".join([key, *(_quote(c) for c in columns)])
-        rows = con.execute(
-            f"SELECT {selected} FROM ({dataset.sql}) AS dataset WHERE {key} = ? LIMIT ?",
-            [item, MAX_RECORDS_PER_ITEM],
-        ).fetchall()
-        records = []
-        for row in rows:
-            record = {name: _value(v) for name, v in zip(columns, row[1:], strict=True)}
-            if LINKED_SUBJECTS in fields:
-                linked = con.execute(
-                    "SELECT DISTINCT subject_id FROM subject_wallets WHERE address = ? "
-                    "ORDER BY subject_id",
-                    [item],
-                ).fetchall()
-                record[LINKED_SUBJECTS] = [str(r[0]) for r in linked]
-            records.append(record)
-        return records
-    return _person_records(con, dataset, item, columns)
-
-
-def _person_records(
-    con: duckdb.DuckDBPyConnection, dataset: DatasetConfig, item: str, columns: list[str]
-) -> list[dict[str, Any]]:
-    """Rows whose name and date of birth, or document number, are the item's."""
-    parts = item.split("|")
-    wanted_name_dob = f"{parts[0]}|{parts[1]}"
-    wanted_document = parts[2] if len(parts) > 2 else None
-    needed = ("full_name", "date_of_birth", "document_number")
-    relation = con.sql(dataset.sql)
-    names = relation.columns
-    selected = [c for c in needed if c in names] + columns
-    rows = con.execute(
-        f"SELECT {', '.join(_quote(c) for c in selected)} FROM ({dataset.sql}) AS dataset"
-    ).fetchall()
-    records = []
-    for row in rows:
-        values = dict(zip(selected, row, strict=True))
-        try:
-            keys = person_keys(
-                str(values.get("full_name") or ""),
-                str(values.get("date_of_birth") or ""),
-                values.get("document_number") or None,
-            )
-        except InvalidIdentifier:
-            continue
-        hit = any(
-            (k.type == "name_dob" and k.value == wanted_name_dob)
-            or (k.type == "document" and wanted_document is not None and k.value == wanted_document)
-            for k in keys
-        )
-        if hit:
-            records.append({c: _value(values[c]) for c in columns})
-            if len(records) >= MAX_RECORDS_PER_ITEM:
-                break
-    return records
 
 
 # --- the audit check: an earlier match under the case -----------------------------------------
@@ -635,8 +526,3 @@ def rows_json(rows: Sequence[FollowUpRow], now: dt.datetime) -> list[dict[str, A
         document["overdue"] = row.overdue(now)
         out.append(document)
     return out
-
-
-def allowed_fields(dataset: DatasetConfig, grant_fields: Sequence[str]) -> list[str]:
-    """Fields a grant lets a partner receive: the grant's, that the dataset declares disclosable."""
-    return [f for f in grant_fields if f in dataset.disclosable_columns]

@@ -26,6 +26,7 @@ import enum
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,16 +34,32 @@ from typing import Any, Protocol
 import grpc
 
 from fedtrace.pki import Identity
+from fedtrace.wire import RENEWS_AT_FORMAT, Level
 from node import budget
 from node.audit import AuditError, AuditLog
+from node.bounds import (
+    CASE_REF,
+    DATASET,
+    LEGAL_BASIS,
+    NONCE_HEX,
+    bounded,
+    bounded_reason,
+    context_problem,
+    legal_basis_code,
+)
 from node.config import NodeConfig
-from node.policy import Grant, Level, Policy, QueryKind, RequestFacts, decide, utc_now
+from node.metrics import (
+    NodeMetrics,
+    RefusalReason,
+    outcome_status,
+    refusal_for_limit,
+    refusal_reason,
+)
+from node.policy import Grant, Policy, QueryKind, RequestFacts, decide, utc_now
 from node.replay import ReplayGuard, ReplayRefused
 from node.store import NodeDatabase
 
 log = logging.getLogger(__name__)
-
-RENEWS_AT_METADATA = "fedtrace-renews-at"
 
 
 class QueryRefused(Exception):
@@ -53,11 +70,18 @@ class QueryRefused(Exception):
     """
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, renews_at: dt.datetime | None = None
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        renews_at: dt.datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
         self.renews_at = renews_at
+        # A short fixed code for metrics (node.metrics.RefusalReason); empty: from `code`.
+        self.reason = reason or refusal_reason(code.name)
         self.audited = False  # set once the gate has recorded this refusal
 
 
@@ -108,6 +132,7 @@ class Admission:
     limits: list[budget.LimitUse] = field(default_factory=list)
     columns: tuple[str, ...] = ()
     settled: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 _CODES = {
@@ -117,7 +142,7 @@ _CODES = {
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime(RENEWS_AT_FORMAT)
 
 
 def exhausted_message(
@@ -155,7 +180,9 @@ class Gate:
         audit: AuditLog,
         clock: Callable[[], dt.datetime] = utc_now,
         replay: ReplayGuard | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics  # None: not observed (unit tests, the officer's commands)
         self._config = config
         self._database = database
         self._policies = policies
@@ -182,7 +209,8 @@ class Gate:
     ) -> Admission:
         """Admit a request or raise QueryRefused (audited either way, budgets charged if admitted).
 
-        Checks, in order: the dataset exists; the node's hard ceiling per request
+        Checks, in order: the case reference and legal basis are well formed
+        (INVALID_ARGUMENT; `node.bounds`); the dataset exists; the node's hard ceiling per request
         (RESOURCE_EXHAUSTED); the policy in force (role, a valid grant for partner,
         dataset and kind, case reference, legal basis, items per query, columns,
         epsilon: PERMISSION_DENIED or INVALID_ARGUMENT); then the grant's rate limit
@@ -211,7 +239,12 @@ class Gate:
                 {**base, **_outcome(Outcome.REFUSED, refusal), "budget": _spent(None)},
                 refund=None,
             )
+            self._observe_refusal(identity, kind, refusal, 0.0)
             raise
+        if self.metrics is not None:
+            self.metrics.record_limit_uses(
+                identity.jurisdiction, dataset, kind.value, admission.limits
+            )
         return admission
 
     def settle(
@@ -248,7 +281,7 @@ class Gate:
             "grant": admission.grant.index,
             "outcome": outcome.value,
             "code": code.name,
-            "reason": reason,
+            "reason": bounded_reason(reason),
             "budget": _spent(admission) if outcome is Outcome.ANSWERED else _spent(None),
         }
         if admission.columns:
@@ -261,6 +294,14 @@ class Gate:
         if refund is not None:
             self._refund(refund)
         self._write("query", entry, refund=admission.request_id if refund is None else None)
+        if self.metrics is not None:
+            seconds = time.monotonic() - admission.started
+            status = outcome_status(outcome.value, code.name)
+            self.metrics.query_finished(
+                admission.kind.value, status, admission.identity.jurisdiction, seconds
+            )
+            if outcome is Outcome.REFUSED:
+                self.metrics.refused(refusal_reason(code.name))
 
     def refuse(
         self,
@@ -293,6 +334,16 @@ class Gate:
             )
         except QueryRefused:
             log.error("request refused and not audited: %s", refusal)
+        self._observe_refusal(identity, kind, refusal, 0.0)
+
+    def _observe_refusal(
+        self, identity: Identity, kind: QueryKind, refusal: QueryRefused, seconds: float
+    ) -> None:
+        if self.metrics is None:
+            return
+        status = outcome_status(Outcome.REFUSED.value, refusal.code.name)
+        self.metrics.query_finished(kind.value, status, identity.jurisdiction, seconds)
+        self.metrics.refused(refusal.reason)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -310,6 +361,11 @@ class Gate:
         columns: tuple[str, ...],
     ) -> Admission:
         j = self._config.jurisdiction
+        malformed = context_problem(context.case_ref, context.legal_basis)
+        if malformed:
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{j} refuses the request: {malformed}"
+            )
         if self._replay is not None:
             try:
                 self._replay.check(context.nonce, context.timestamp_unix_ms)
@@ -318,13 +374,15 @@ class Gate:
         if self._config.dataset(dataset) is None:
             known = ", ".join(d.name for d in self._config.datasets) or "none"
             raise QueryRefused(
-                grpc.StatusCode.NOT_FOUND, f"{j} has no dataset {dataset!r} (it has: {known})"
+                grpc.StatusCode.NOT_FOUND,
+                f"{j} has no dataset {bounded(dataset, DATASET)!r} (it has: {known})",
             )
         ceiling = self._config.limits.max_items_per_request
         if item_count > ceiling:
             raise QueryRefused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{item_count} items exceed this node's ceiling of {ceiling} per request",
+                reason=RefusalReason.TOO_MANY_ITEMS,
             )
         facts = RequestFacts(
             partner=identity.jurisdiction,
@@ -334,7 +392,7 @@ class Gate:
             asked=asked,
             item_count=item_count,
             case_ref=context.case_ref,
-            legal_basis=context.legal_basis,
+            legal_basis=legal_basis_code(context.legal_basis),
             columns=columns,
             epsilon=epsilon,
         )
@@ -353,7 +411,7 @@ class Gate:
                     partner=identity.jurisdiction,
                     dataset=dataset,
                     kind=kind.value,
-                    grant=decision.grant,
+                    grants=decision.limiting or (decision.grant,),
                     cost=cost,
                     now=now,
                 )
@@ -364,9 +422,12 @@ class Gate:
             ) from None
         if exhausted is not None:
             message = exhausted_message(exhausted, identity.jurisdiction, j, dataset)
+            reason = refusal_for_limit(exhausted.name)
             if exhausted.renews_at is None:
-                raise QueryRefused(grpc.StatusCode.PERMISSION_DENIED, message)
-            raise QueryRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, message, exhausted.renews_at)
+                raise QueryRefused(grpc.StatusCode.PERMISSION_DENIED, message, reason=reason)
+            raise QueryRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, message, exhausted.renews_at, reason=reason
+            )
         return Admission(
             request_id=request_id,
             identity=identity,
@@ -403,12 +464,15 @@ class Gate:
                 "serial": identity.serial,
                 "fingerprint_sha256": identity.fingerprint_sha256,
             },
-            "case_ref": context.case_ref,
-            "legal_basis": context.legal_basis,
-            "nonce": context.nonce,
+            # Bounded: a malformed value is recorded by length, digest and a short prefix.
+            "case_ref": bounded(context.case_ref, CASE_REF),
+            "legal_basis": legal_basis_code(context.legal_basis)
+            if LEGAL_BASIS.fullmatch(context.legal_basis)
+            else bounded(context.legal_basis, LEGAL_BASIS),
+            "nonce": bounded(context.nonce, NONCE_HEX),
             "query_time_ms": context.timestamp_unix_ms,
             "kind": kind.value,
-            "dataset": dataset,
+            "dataset": bounded(dataset, DATASET),
             "item_count": item_count,
             "asked": asked.label if asked is not None else "",
             "disclosure": "",
@@ -443,7 +507,7 @@ def _outcome(outcome: Outcome, refusal: QueryRefused) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "outcome": outcome.value,
         "code": refusal.code.name,
-        "reason": str(refusal),
+        "reason": bounded_reason(str(refusal)),
     }
     if refusal.renews_at is not None:
         fields["renews_at"] = _iso(refusal.renews_at)

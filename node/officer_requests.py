@@ -19,6 +19,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedtrace.followup import KIND_DISCLOSE, KIND_PRESERVE, state_label
 from fedtrace.pki import read_key_pem
@@ -92,7 +93,7 @@ def _table(
     jurisdiction: str, rows: Sequence[followup.FollowUpRow], expired: set[str], pending: bool
 ) -> str:
     console = Console(file=io.StringIO(), width=160, force_terminal=False, color_system=None)
-    title = f"follow-up requests at {jurisdiction}" + (" · pending only" if pending else "")
+    title = Text(f"follow-up requests at {jurisdiction}" + (" · pending only" if pending else ""))
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
     for column in (
         "id",
@@ -111,7 +112,7 @@ def _table(
         state = state_label(row.state)
         if row.request_id in expired:
             state = "EXPIRED (deadline passed unanswered)"
-        table.add_row(
+        cells = (
             row.request_id,
             state,
             row.partner,
@@ -123,17 +124,19 @@ def _table(
             row.submitted_at,
             row.deadline or "-",
         )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # data is never markup
     console.print(table)
     if not rows:
         console.print("no follow-up requests" + (" pending" if pending else ""))
     if expired:
         console.print(
             f"{len(expired)} request(s) expired unanswered: "
-            f"{', '.join(sorted(expired))} (the partner sees them as expired)"
+            f"{', '.join(sorted(expired))} (the partner sees them as expired)",
+            markup=False,
         )
     for row in rows:
         if row.reason:
-            console.print(f"{row.request_id} reason: {row.reason}", highlight=False)
+            console.print(f"{row.request_id} reason: {row.reason}", highlight=False, markup=False)
     return str(console.file.getvalue())  # type: ignore[attr-defined]
 
 

@@ -11,7 +11,7 @@ certificate may open, relay, deliver notices or close it. Node certificates are
 refused at admission (`node.policy.decide` answers investigators only), so nodes
 never talk to each other.
 
-The functions here are plain (no gRPC); `node.overlap_service` decodes and encodes.
+The functions here are plain (no gRPC); `node.services.overlap` decodes and encodes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import grpc
@@ -32,9 +33,12 @@ from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import Identity
+from fedtrace.wire import Level
 from node.config import DatasetConfig
 from node.epoch import DatasetError, dataset_items
-from node.gate import QueryContextInfo, QueryRefused
+from node.gate import Admission, QueryContextInfo, QueryRefused
+from node.policy import QueryKind
+from node.store import NodeDatabase
 
 log = logging.getLogger(__name__)
 
@@ -416,3 +420,57 @@ def learn_shared(
         overlap.notices_sha256 = digest.hexdigest()
         overlap.shared = shared
         return shared
+
+
+def join_overlap(
+    registry: OverlapRegistry,
+    database: NodeDatabase,
+    dataset: DatasetConfig,
+    overlap_id: str,
+    identity: Identity,
+    context: QueryContextInfo,
+    admission: Admission,
+) -> NodeOverlap:
+    """Load the dataset's items and keep the overlap under the admitting grant's terms."""
+    try:
+        with database.session() as con:
+            items = overlap_items(con, dataset)
+    except DatasetError as exc:
+        raise QueryRefused(grpc.StatusCode.INTERNAL, str(exc)) from None
+    grant = admission.grant
+    overlap = NodeOverlap(
+        overlap_id=overlap_id,
+        identity=identity,
+        dataset=dataset.name,
+        context=context,
+        policy_version=admission.policy.version,
+        reveal_to_owner=grant.reveal_to_owner,
+        min_cohort=grant.min_cohort,
+        items=items,
+        deadline=registry.deadline(),
+    )
+    registry.add(overlap)
+    return overlap
+
+
+def step_entry(overlap: NodeOverlap, outcome: str, **fields: Any) -> dict[str, Any]:
+    """The `overlap` audit entry of one step: counts and digests, never a point or an item."""
+    return {
+        "peer": {
+            "jurisdiction": overlap.identity.jurisdiction,
+            "role": overlap.identity.role,
+            "subject": overlap.identity.subject,
+            "serial": overlap.identity.serial,
+            "fingerprint_sha256": overlap.identity.fingerprint_sha256,
+        },
+        "case_ref": overlap.context.case_ref,
+        "legal_basis": overlap.context.legal_basis,
+        "nonce": overlap.context.nonce,
+        "kind": QueryKind.OVERLAP.value,
+        "dataset": overlap.dataset,
+        "overlap_id": overlap.overlap_id,
+        "disclosure": Level.OVERLAP.label,
+        "policy_version": overlap.policy_version,
+        "outcome": outcome,
+        **fields,
+    }

@@ -17,28 +17,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedtrace.errors import ConfigError, FedtraceError
+from fedtrace.logs import LogFormat, configure_logging, context
 from fedtrace.pki import read_key_pem
 from fedtrace.revocation import RevocationWatch
-from fedtrace.v1 import aggregate_pb2_grpc, node_pb2, node_pb2_grpc, overlap_pb2_grpc
+from fedtrace.v1 import aggregate_pb2_grpc, node_pb2_grpc, overlap_pb2_grpc, requests_pb2_grpc
 from node import store
-from node.aggregate_service import SERVICE_NAME as AGGREGATE_SERVICE_NAME
-from node.aggregate_service import AggregateServicer
 from node.audit import AUDIT_DIR, AuditLog
+from node.audit.anchor import anchor_genesis, close_trail, open_trail
 from node.auth import IdentityInterceptor
 from node.config import NodeConfig, load_node_config, parse_listen
 from node.epoch import DatasetError, current_epoch, epoch_is_current
 from node.gate import Gate
-from node.overlap_service import SERVICE_NAME as OVERLAP_SERVICE_NAME
-from node.overlap_service import OverlapServicer
-from node.policy import load_policy
+from node.metrics import NodeMetrics, start_metrics_server, stop_metrics_server
+from node.policy import load_policy, utc_now
 from node.replay import replay_guard
-from node.requests_service import SERVICE_NAME as REQUEST_SERVICE_NAME
-from node.requests_service import add_request_service
-from node.service import NodeServicer, NodeState, PolicyHolder, watch_policy
+from node.services import aggregate, match, overlap, requests
+from node.state import NodeState, PolicyHolder, watch_policy
+from node.systemd import notify_ready, notify_stopping
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 STOP_GRACE_SECONDS = 30.0
 EPOCH_CHECK_SECONDS = 10.0
 POLICY_CHECK_SECONDS = 1.0
@@ -68,6 +66,13 @@ def load_state(
             f"{config.policy}: policy is for {policy.jurisdiction!r} but this node is "
             f"{config.jurisdiction!r}"
         )
+    certificate_pem = _read(config.tls.cert, "certificate")
+    key_pem = read_key_pem(config.tls.key)
+    metrics = NodeMetrics()
+    audit = AuditLog(
+        config.node_dir / AUDIT_DIR, key_pem, certificate_pem, on_append=metrics.audit_appended
+    )
+    open_trail(audit, database)  # before any epoch exists: a first start has none
     epochs = {}
     for dataset in config.datasets:
         try:
@@ -76,14 +81,12 @@ def load_state(
             )
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
-    certificate_pem = _read(config.tls.cert, "certificate")
-    key_pem = read_key_pem(config.tls.key)
-    audit = AuditLog(config.node_dir / AUDIT_DIR, key_pem, certificate_pem)
     policies = PolicyHolder(policy, jurisdiction=config.jurisdiction, audit=audit)
     audit.append(
         "node-started",
         {"policy_version": policy.version, "policy_sha256": policy.sha256, "outcome": "started"},
     )
+    anchor_genesis(audit, database)
     return NodeState(
         config=config,
         database=database,
@@ -92,7 +95,8 @@ def load_state(
         certificate_pem=certificate_pem,
         key_pem=key_pem,
         concurrency=threading.BoundedSemaphore(config.limits.max_concurrent_queries),
-        gate=Gate(config, database, policies, audit, replay=replay_guard(audit)),
+        gate=Gate(config, database, policies, audit, replay=replay_guard(audit), metrics=metrics),
+        metrics=metrics,
     )
 
 
@@ -102,26 +106,35 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
     host, port = parse_listen(listen, "--listen")
     limit = config.limits.max_message_bytes
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.limits.max_concurrent_queries + 4),
-        interceptors=[IdentityInterceptor(RevocationWatch(config.tls.revoked), state.gate.audit)],
+        # A thread for every call gRPC admits: calls that are not (yet) queries (a stream
+        # awaiting its header, GetInfo) must not starve admitted ones of threads.
+        futures.ThreadPoolExecutor(max_workers=config.limits.max_concurrent_queries * 4 + 4),
+        interceptors=[
+            IdentityInterceptor(
+                RevocationWatch(config.tls.revoked, ca_pem=_read(config.tls.ca, "CA certificate")),
+                state.gate.audit,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ],
         maximum_concurrent_rpcs=config.limits.max_concurrent_queries * 4,
     )
-    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
-    overlap_pb2_grpc.add_OverlapServiceServicer_to_server(OverlapServicer(state), server)
-    aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(AggregateServicer(state), server)
-    add_request_service(state, server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(match.NodeServicer(state), server)
+    overlap_pb2_grpc.add_OverlapServiceServicer_to_server(overlap.OverlapServicer(state), server)
+    aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(
+        aggregate.AggregateServicer(state), server
+    )
+    requests_pb2_grpc.add_RequestServiceServicer_to_server(requests.RequestServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            SERVICE_NAME,
-            OVERLAP_SERVICE_NAME,
-            REQUEST_SERVICE_NAME,
-            AGGREGATE_SERVICE_NAME,
+            match.SERVICE_NAME,
+            overlap.SERVICE_NAME,
+            requests.SERVICE_NAME,
+            aggregate.SERVICE_NAME,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -138,14 +151,21 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
         bound = 0
     if bound == 0:
         raise FedtraceError(f"cannot listen on {listen}: address in use or not available here")
-    for name in ("", SERVICE_NAME):
+    for name in ("", match.SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningNode(server=server, port=bound, state=state)
+
+
+def record_epoch_ages(state: NodeState) -> None:
+    now = utc_now()
+    for name, epoch in state.epochs.items():
+        state.metrics.set_epoch_age(name, (now - epoch.created).total_seconds())
 
 
 def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float) -> None:
     """Start a new epoch when a dataset's data changed or its epoch expired; the old one serves."""
     while not stop.wait(every_seconds):
+        record_epoch_ages(state)
         for dataset in state.config.datasets:
             try:
                 epoch = state.epochs[dataset.name]
@@ -160,21 +180,37 @@ def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float
                 log.exception("dataset %s: could not start a new epoch", dataset.name)
 
 
-def serve(node_dir: Path, listen: str | None = None) -> int:
-    """Run the node until SIGTERM or SIGINT; in-flight calls finish, then the server exits."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def serve(
+    node_dir: Path,
+    listen: str | None = None,
+    *,
+    log_format: LogFormat | None = None,
+    metrics_listen: str | None = None,
+) -> int:
+    """Run the node until SIGTERM or SIGINT; in-flight calls finish, then the server exits.
+
+    `log_format` is "json" or "text" (None: text on a terminal, JSON otherwise);
+    `metrics_listen` (HOST:PORT) serves Prometheus metrics over plain HTTP. Under
+    systemd (Type=notify) the node says READY once it serves and STOPPING on a signal.
+    """
+    configure_logging(log_format, logging.INFO, sys.stderr)
     config = load_node_config(node_dir)
     database = store.NodeDatabase(config.database)
     state = load_state(config, database, lambda message: log.info("%s", message))
     running = build_server(state, listen or config.listen)
+    metrics_server = None
+    if metrics_listen:
+        metrics_host, metrics_port = parse_listen(metrics_listen, "--metrics")
+        metrics_server, bound = start_metrics_server(
+            metrics_host, metrics_port, metrics=state.metrics
+        )
+        log.info("metrics on http://%s:%d/metrics", metrics_host, bound)
+    record_epoch_ages(state)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: finishing in-flight calls, then stopping", signum)
+        notify_stopping()
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -195,11 +231,18 @@ def serve(node_dir: Path, listen: str | None = None) -> int:
     )
     watcher.start()
     host, _ = parse_listen(listen or config.listen, "--listen")
-    print(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}", flush=True)
+    # The one line on stdout: operators and the local-federation harness read the bound port here.
+    sys.stdout.write(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}\n")
+    sys.stdout.flush()
+    log.info("serving", extra=context(jurisdiction=config.jurisdiction, port=running.port))
+    notify_ready(f"serving on {host}:{running.port}")
     stopping.wait()
     running.server.stop(STOP_GRACE_SECONDS).wait()
+    if metrics_server is not None:
+        stop_metrics_server(metrics_server)
     refresher.join(timeout=STOP_GRACE_SECONDS)
     watcher.join(timeout=STOP_GRACE_SECONDS)
     state.gate.audit.append("node-stopped", {"outcome": "stopped"})
+    close_trail(state.gate.audit, state.database)
     log.info("stopped")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedtrace.errors import ConfigError
 from fedtrace.pki import ROLE_NODE, issue, validate_jurisdiction
+from fedtrace.wire import MAX_MESSAGE_BYTES
 from node import store
 from node.config import NODE_FILE
 from node.policy import deny_all_policy_text
@@ -38,7 +39,8 @@ def node_toml_text(jurisdiction: str, listen: str) -> str:
     def block(sql: str) -> str:
         return '"""' + sql.rstrip() + '\n"""'
 
-    return f"""# fedtrace node configuration (see README, "Operators").
+    return f"""# fedtrace node configuration: see docs/ingest.md and the README, "For operators
+# (partner states)".
 jurisdiction = "{jurisdiction}"
 listen = "{listen}"
 database = "node.duckdb"
@@ -51,9 +53,12 @@ key = "tls/key.pem"
 ca = "tls/ca.pem"
 
 [limits]
-max_message_bytes = 4194304
+max_message_bytes = {MAX_MESSAGE_BYTES}
 max_concurrent_queries = 8
 max_items_per_request = 2000000
+# max_concurrent_per_partner = 4          # default: half of max_concurrent_queries
+# max_pending_aggregates_per_partner = 8  # open aggregate round-1s per partner
+# first_message_seconds = 10              # a query stream's header must arrive by then
 
 # Datasets: SQL over the node's tables, one row per identifier.
 [[dataset]]
@@ -89,7 +94,8 @@ def init_node(node_dir: Path, jurisdiction: str, ca_dir: Path, listen: str) -> I
     ca_cert = ca_dir / "ca.pem"
     if not ca_cert.exists():
         raise ConfigError(f"{ca_dir}: no ca.pem here; pass the federation CA directory with --ca")
-    node_dir.mkdir(parents=True, exist_ok=True)
+    node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node_dir.chmod(0o700)  # database, keys and audit trail: the node's account only
     tls_dir = node_dir / "tls"
     issued = (ca_dir / "ca.key").exists()
     if issued:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from node.store import NodeDatabase
 
@@ -150,15 +151,17 @@ def render_shared(
     else:
         overlap = ", ".join(sorted({r.overlap_id for r in records}))
         table = Table(
-            title=f"{jurisdiction} · case {case_ref} · {len(records)} own record(s) shared "
-            f"· overlap {overlap}",
+            title=Text(
+                f"{jurisdiction} · case {case_ref} · {len(records)} own record(s) shared "
+                f"· overlap {overlap}"
+            ),
             box=box.SIMPLE_HEAVY,
             title_justify="left",
         )
         for column in ("record", "shared with", "dataset"):
             table.add_column(column, overflow="fold")
         for r in records:
-            table.add_row(r.record, ", ".join(r.shared_with), r.dataset)
+            table.add_row(Text(r.record), Text(", ".join(r.shared_with)), Text(r.dataset))
         console.print(table, highlight=False)
     return str(console.file.getvalue())  # type: ignore[attr-defined]
 

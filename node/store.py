@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,6 +155,7 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
             ) from None
         raise FedtraceError(f"{path}: cannot open the node database: {exc}") from None
     if not read_only:
+        _private(path)
         con.execute(_DDL)
         con.execute(
             "INSERT INTO meta VALUES ('schema_version', ?), ('data_version', '0') "
@@ -163,6 +165,16 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     else:
         con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def _private(path: Path) -> None:
+    """The database (and its write-ahead log) readable by the node's account only."""
+    for each in (path, path.with_name(path.name + ".wal")):
+        try:
+            if each.exists() and each.stat().st_mode & 0o077:
+                os.chmod(each, 0o600)
+        except OSError:
+            pass  # not ours to change (a shared test fixture); the directory still guards it
 
 
 def first_row(

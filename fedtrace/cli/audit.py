@@ -20,10 +20,23 @@ def _audit_dir(node_dir: Path) -> tuple[Path, bytes | None, str | None]:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from fedtrace.revocation import load_revocations
     from node.audit import verify_trail
+    from node.audit.anchor import load_anchor
+    from node.config import load_node_config
 
-    directory, ca_pem, jurisdiction = _audit_dir(Path(args.node_dir))
-    result = verify_trail(directory, ca_pem=ca_pem, jurisdiction=jurisdiction)
+    node_dir = Path(args.node_dir)
+    directory, ca_pem, jurisdiction = _audit_dir(node_dir)
+    config = load_node_config(node_dir)
+    # A list that is unsigned or badly signed is refused here too (ConfigError, one line).
+    revoked = load_revocations(config.tls.revoked, ca_pem=ca_pem) if ca_pem else None
+    result = verify_trail(
+        directory,
+        ca_pem=ca_pem,
+        jurisdiction=jurisdiction,
+        anchor=load_anchor(config.database),
+        revoked=revoked,
+    )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if not result.ok:

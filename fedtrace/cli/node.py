@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtrace.cli.args import parse_fields, parse_request_id
+from fedtrace.cli.health import add_node_health
 from fedtrace.errors import ExitCode
 
 
@@ -51,7 +52,9 @@ def _node_ingest(args: argparse.Namespace) -> int:
 def _node_serve(args: argparse.Namespace) -> int:
     from node.server import serve
 
-    return serve(Path(args.node_dir), args.listen)
+    return serve(
+        Path(args.node_dir), args.listen, log_format=args.log_format, metrics_listen=args.metrics
+    )
 
 
 def _node_shared(args: argparse.Namespace) -> int:
@@ -131,6 +134,17 @@ def register(commands: Any) -> None:
     p = node.add_parser("serve", help="serve the node over mutual TLS")
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here, e.g. 127.0.0.1:9464 (default: off)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines on stderr: text, or one JSON object per line "
+        "(default: text on a terminal, json otherwise)",
+    )
     p.set_defaults(run=_node_serve)
     _add_officer_request_commands(node)
     p = node.add_parser("shared", help="this node's records an overlap query found shared")
@@ -138,3 +152,4 @@ def register(commands: Any) -> None:
     p.add_argument("--case", required=True, metavar="REF")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(run=_node_shared)
+    add_node_health(node)

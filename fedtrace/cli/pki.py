@@ -28,7 +28,7 @@ def _pki_issue(args: argparse.Namespace) -> int:
 
 
 def _pki_revoke(args: argparse.Namespace) -> int:
-    from fedtrace.revocation import revoke
+    from fedtrace.revocation import revoke, signature_path
 
     path, entry = revoke(
         Path(args.ca_dir),
@@ -36,7 +36,10 @@ def _pki_revoke(args: argparse.Namespace) -> int:
         cert=Path(args.cert) if args.cert else None,
         reason=args.reason,
     )
-    print(f"certificate serial {entry.serial} revoked in {path}; distribute it to every member")
+    print(
+        f"certificate serial {entry.serial} revoked in {path}; distribute it to every member"
+        f" with its CA signature {signature_path(path).name}"
+    )
     return ExitCode.OK
 
 
@@ -55,7 +58,10 @@ def register(commands: Any) -> None:
     p.add_argument("--role", required=True, choices=("node", "investigator"))
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.set_defaults(run=_pki_issue)
-    p = pki.add_parser("revoke", help="revoke a member certificate (writes CA_DIR/revoked.toml)")
+    p = pki.add_parser(
+        "revoke",
+        help="revoke a member certificate (writes CA_DIR/revoked.toml and its CA signature)",
+    )
     p.add_argument("ca_dir", metavar="CA_DIR")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--serial", metavar="HEX", help="the certificate's serial number")

@@ -11,7 +11,7 @@ from fedtrace.errors import ExitCode, FedtraceError
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from node.policy_check import check_policies
+    from node.policy.check import check_policies
 
     report = check_policies(
         [Path(f) for f in args.files], node_dir=Path(args.node) if args.node else None
@@ -24,7 +24,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 def _policy_explain(args: argparse.Namespace) -> int:
     from node.policy import load_policy
-    from node.policy_explain import explain
+    from node.policy.explain import explain
 
     path = Path(args.file)
     policy = load_policy(path)
@@ -42,7 +42,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
 
 def _policy_diff(args: argparse.Namespace) -> int:
     from node.policy import load_policy
-    from node.policy_explain import diff
+    from node.policy.explain import diff
 
     sys.stdout.write(diff(load_policy(Path(args.old)), load_policy(Path(args.new))))
     return ExitCode.OK

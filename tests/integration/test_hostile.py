@@ -24,11 +24,12 @@ import pytest
 
 import fedtrace.v1 as proto_package
 from fedtrace import group
+from fedtrace.demo_data import generate_federation_data
 from fedtrace.pki import ROLE_INVESTIGATOR, ROLE_NODE, init_ca, issue, server_name
 from fedtrace.v1 import node_pb2, node_pb2_grpc
 from node import store
 
-from .conftest import INVESTIGATOR, Federation, NodeProcess, fedtrace
+from .conftest import INVESTIGATOR, Federation, fedtrace
 
 pytestmark = pytest.mark.slow
 
@@ -61,47 +62,29 @@ def all_methods() -> list[tuple[str, Any]]:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    from fedtrace.demo_data import generate_federation_data
-
     root = tmp_path_factory.mktemp("hostile")
-    init_ca(root / "ca")
     data = generate_federation_data(root / "data", ("EE",), 600, seed=5)
-    fed = Federation(root=root, data=data)
-    node_dir = root / "nodes" / "EE"
-    fedtrace(
-        "node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"), check=True
-    )
-    (node_dir / "policy.toml").write_text(
-        'jurisdiction = "EE"\nversion = "ee-h1"\n[[grant]]\npartners = ["FR"]\n'
-        'datasets = ["wallets"]\ndisclosure = "membership"\nmax_items_per_query = 1000\n'
-    )
-    fedtrace(
-        "node",
-        "ingest",
-        str(node_dir),
-        str(root / "data" / "EE" / "transactions.csv"),
-        "--table",
-        "transactions",
-        check=True,
-    )
-    issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    issue(root / "ca", root / "revoked-inv", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    issue(
-        root / "ca",
-        root / "expired-inv",
-        name=INVESTIGATOR,
-        role=ROLE_INVESTIGATOR,
-        days=30,
-        _not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=60),
-    )
-    init_ca(root / "rogue-ca")
-    issue(root / "rogue-ca", root / "rogue", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    fed.nodes["EE"] = NodeProcess("EE", node_dir)
-    fed.nodes["EE"].start()
-    fed.write_fed()
-    yield fed
-    if fed.nodes["EE"].process is not None:
-        fed.nodes["EE"].stop()
+    with Federation(root, data) as fed:
+        fed.add_node(
+            "EE",
+            policy='jurisdiction = "EE"\nversion = "ee-h1"\n[[grant]]\npartners = ["FR"]\n'
+            'datasets = ["wallets"]\ndisclosure = "membership"\nmax_items_per_query = 1000\n',
+            tables=data.tables("EE", ("transactions",)),
+        )
+        fed.issue_investigator()
+        fed.issue_investigator("revoked-inv")
+        issue(
+            root / "ca",
+            root / "expired-inv",
+            name=INVESTIGATOR,
+            role=ROLE_INVESTIGATOR,
+            days=30,
+            _not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=60),
+        )
+        init_ca(root / "rogue-ca")
+        issue(root / "rogue-ca", root / "rogue", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
+        fed.start()
+        yield fed
 
 
 def _channel(fed: Federation, who: str = "investigator") -> grpc.Channel:
@@ -331,6 +314,9 @@ def test_a_revoked_certificate_is_unauthenticated_and_audited(hostile: Federatio
     )
     assert done.returncode == 0, done.stderr
     node_dir = hostile.nodes["EE"].node_dir
+    # The list travels with the CA's signature; the signature first, so the node never sees
+    # a new list without it.
+    shutil.copy(hostile.root / "ca" / "revoked.toml.sig", node_dir / "tls" / "revoked.toml.sig")
     shutil.copy(hostile.root / "ca" / "revoked.toml", node_dir / "tls" / "revoked.toml")
     before = _state(hostile)
     fed = hostile.write_fed(name="fed-revoked.toml", investigator_dir="revoked-inv")

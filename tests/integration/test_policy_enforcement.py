@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from fedtrace.demo_data import DemoData, generate_federation_data
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+from fedtrace.harness import LocalFederation, LocalNode
+from fedtrace.pki import init_ca
 
-from .conftest import NodeProcess, fedtrace, wait_until
+from .conftest import fedtrace, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,8 @@ item_budget = {{ items = 250, per = "30d" }}
 class PolicyFederation:
     root: Path
     data: DemoData
-    node: NodeProcess
+    node: LocalNode
+    local: LocalFederation
 
     @property
     def policy_file(self) -> Path:
@@ -57,13 +59,9 @@ class PolicyFederation:
         self.policy_file.write_text(POLICY.format(version=version, fr_level=fr_level))
 
     def write_fed(self, investigator: str) -> Path:
-        path = self.root / f"fed-{investigator}.toml"
-        path.write_text(
-            f'[investigator]\nname = "{investigator}"\ncert = "{investigator}/cert.pem"\n'
-            f'key = "{investigator}/key.pem"\nca = "ca/ca.pem"\n\n[query]\n'
-            f'deadline_seconds = 60\n\n[[node]]\nname = "EE"\naddress = "{self.node.address}"\n'
+        return self.local.write_federation_file(
+            f"fed-{investigator}.toml", investigator_dir=investigator, investigator=investigator
         )
-        return path
 
     def watchlist(self, size: int) -> Path:
         path = self.root / f"watchlist-{size}.txt"
@@ -103,30 +101,15 @@ class PolicyFederation:
 @pytest.fixture(scope="module")
 def policy_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyFederation]:
     root = tmp_path_factory.mktemp("policy-federation")
-    init_ca(root / "ca")
     data = generate_federation_data(root / "data", ("EE",), 600, seed=23)
-    node_dir = root / "nodes" / "EE"
-    fedtrace(
-        "node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"), check=True
-    )
-    for table in ("transactions", "subjects", "subject_wallets"):
-        fedtrace(
-            "node",
-            "ingest",
-            str(node_dir),
-            str(root / "data" / "EE" / f"{table}.csv"),
-            "--table",
-            table,
-            check=True,
-        )
-    for code in ("FR", "SG"):
-        issue(root / "ca", root / code, name=code, role=ROLE_INVESTIGATOR)
-    federation = PolicyFederation(root, data, NodeProcess("EE", node_dir))
-    federation.write_policy("p1")
-    federation.node.start()
-    yield federation
-    if federation.node.process is not None:
-        federation.node.stop()
+    with LocalFederation(root) as local:
+        node = local.add_node("EE", tables=data.tables("EE"))
+        for code in ("FR", "SG"):
+            local.issue_investigator(code, name=code)
+        federation = PolicyFederation(root, data, node, local)
+        federation.write_policy("p1")
+        node.start()
+        yield federation
 
 
 def test_a_grant_changed_on_disk_changes_the_answer_within_seconds(

@@ -8,11 +8,12 @@ from decimal import Decimal
 
 import pytest
 
-from coordinator.aggregate import Figure, sum_figures
+from coordinator.figures import Figure, sum_figures
 from fedtrace import dp, group
 from fedtrace.aggregate import COUNT_COLUMN
 from fedtrace.he import PLAIN_MODULUS
 from fedtrace.v1 import aggregate_pb2
+from fedtrace.wire import Level
 from node.aggregate import (
     AggregateTable,
     AggregateUnavailable,
@@ -21,7 +22,7 @@ from node.aggregate import (
     figure_values,
     plan_figures,
 )
-from node.policy import Grant, Level
+from node.policy import Grant
 from node.table_order import ordered_table, table_order
 
 

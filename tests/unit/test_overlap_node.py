@@ -7,12 +7,14 @@ import datetime as dt
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import pytest
 
 from coordinator.overlap import OverlapNodeResult, OverlapQuery, RelayRecorder
 from fedtrace import overlap as overlap_protocol
+from fedtrace import overlap_ring
 from fedtrace.items import item_bytes
 from fedtrace.pki import Identity
 from node import overlap as node_overlap
@@ -113,7 +115,7 @@ def test_overlap_through_the_node_functions_counts_exactly_and_transcripts_agree
     peers = {code: DomainPeer(code, _overlap(code, reveal=reveal), sizes) for code in roster}
     plan = overlap_protocol.OverlapPlan("ab" * 16, roster, reveal=reveal)
     recorder = RelayRecorder()
-    tally = overlap_protocol.run_overlap(plan, peers, observe=recorder, concurrent=True)
+    tally = overlap_ring.run_overlap(plan, peers, observe=recorder, concurrent=True)
     holders: dict[str, set[str]] = {}
     for code in roster:
         for item in SETS[code]:
@@ -299,3 +301,69 @@ def test_shared_records_are_stored_per_case_and_listed_from_the_latest_overlap(
     ]
     table = render_shared([], "table", jurisdiction="EE", case_ref="C-9")
     assert "EE: no shared records for case C-9" in table
+
+
+class _RecordingContext:
+    """What the servicer uses of grpc.ServicerContext; keeps the trailers of an abort."""
+
+    def __init__(self, cert_pem: bytes) -> None:
+        self._cert = cert_pem
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._cert]}
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailers = metadata
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise QueryRefused(code, details)
+
+
+def test_an_overlap_join_refused_by_its_rate_limit_says_when_it_renews(tmp_path: Path) -> None:
+    from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+    from fedtrace.v1 import node_pb2, overlap_pb2
+    from fedtrace.wire import RENEWS_AT_FORMAT, RENEWS_AT_METADATA
+    from node.config import load_node_config
+    from node.server import load_state
+    from node.services.overlap import OverlapServicer
+    from node.setup import init_node
+
+    init_ca(tmp_path / "ca")
+    init_node(tmp_path / "EE", "EE", tmp_path / "ca", "127.0.0.1:0")
+    (tmp_path / "EE" / "policy.toml").write_text(
+        'jurisdiction = "EE"\nversion = "v1"\n[[grant]]\npartners = ["FR"]\n'
+        'datasets = ["wallets"]\ndisclosure = "overlap"\n'
+        'rate_limit = { queries = 1, per = "day" }\n'
+    )
+    issue(tmp_path / "ca", tmp_path / "FR", name="FR", role=ROLE_INVESTIGATOR)
+    config = load_node_config(tmp_path / "EE")
+    state = load_state(config, NodeDatabase(config.database), lambda message: None)
+    servicer = OverlapServicer(state)
+    context = _RecordingContext((tmp_path / "FR" / "cert.pem").read_bytes())
+
+    def join(overlap_id: str, nonce: bytes) -> overlap_pb2.OverlapJoinResponse:
+        query = node_pb2.QueryContext(
+            case_ref="CASE-1",
+            legal_basis="MLA",
+            nonce=nonce,
+            timestamp_unix_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        )
+        request = overlap_pb2.OverlapJoinRequest(
+            overlap_id=overlap_id, dataset="wallets", context=query
+        )
+        return servicer.Join(request, context)
+
+    try:
+        assert join("ab" * 16, b"\x01" * 16).jurisdiction == "EE"
+        assert context.trailers == ()
+        with pytest.raises(QueryRefused) as refused:
+            join("cd" * 16, b"\x02" * 16)
+    finally:
+        servicer.stop()
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    (key, renews_at), *_ = context.trailers
+    assert key == RENEWS_AT_METADATA
+    moment = dt.datetime.strptime(renews_at, RENEWS_AT_FORMAT).replace(tzinfo=dt.UTC)
+    assert dt.timedelta(hours=23) < moment - dt.datetime.now(dt.UTC) <= dt.timedelta(days=1)
+    assert f"it renews at {renews_at}" in str(refused.value)

@@ -10,8 +10,8 @@ import pytest
 
 from fedtrace.cli import main
 from fedtrace.errors import ConfigError
+from fedtrace.wire import Level
 from node.policy import (
-    Level,
     Period,
     QueryKind,
     RequestFacts,
@@ -22,8 +22,8 @@ from node.policy import (
     parse_policy,
     read_policy,
 )
-from node.policy_check import check_policies
-from node.policy_explain import diff, explain
+from node.policy.check import check_policies
+from node.policy.explain import diff, explain
 from node.setup import init_node
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"

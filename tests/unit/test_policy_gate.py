@@ -11,13 +11,14 @@ import grpc
 import pytest
 
 from fedtrace.pki import ROLE_INVESTIGATOR, identity_from_pem, init_ca, issue
+from fedtrace.wire import Level
 from node import budget
 from node.audit import AUDIT_DIR, AuditLog, entries, verify_trail
 from node.config import load_node_config
 from node.gate import Gate, Outcome, QueryContextInfo, QueryRefused
-from node.policy import Level, QueryKind, load_policy
-from node.service import PolicyHolder
+from node.policy import QueryKind, load_policy
 from node.setup import init_node
+from node.state import PolicyHolder
 from node.store import NodeDatabase
 
 POLICY = """jurisdiction = "EE"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coordinator.match import _requests
 from fedtrace.v1 import node_pb2
-from node import service
+from fedtrace.wire import CHUNK_BYTES, POINTS_PER_BATCH
 
 LIMIT = 4 * 1024 * 1024
 
@@ -20,8 +20,8 @@ def test_a_million_item_request_streams_in_messages_under_4_mib() -> None:
 
 def test_node_answer_and_filter_chunks_stay_under_4_mib() -> None:
     answer = node_pb2.EvaluateResponse(
-        points=node_pb2.PointBatch(points=bytes(32 * service.POINTS_PER_BATCH))
+        points=node_pb2.PointBatch(points=bytes(32 * POINTS_PER_BATCH))
     )
     assert answer.ByteSize() < LIMIT
-    chunk = node_pb2.FilterChunk(data=bytes(service.FILTER_CHUNK_BYTES))
+    chunk = node_pb2.FilterChunk(data=bytes(CHUNK_BYTES))
     assert chunk.ByteSize() < LIMIT

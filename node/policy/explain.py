@@ -12,7 +12,8 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.policy import Grant, Level, Policy, utc_now
+from fedtrace.wire import Level
+from node.policy.model import Grant, Period, Policy, QueryKind, utc_now
 
 _LEARNS = {
     Level.CARDINALITY: "only how many of its watchlist items {j} holds, never which (the node "
@@ -96,6 +97,94 @@ def _request_lines(grant: Grant) -> list[str]:
     ]
 
 
+def _items_bound(grant: Grant) -> str:
+    """How many items the partner can test, in numbers, over the grant's windows."""
+    if grant.item_budget is not None:
+        return (
+            f"up to {_number(grant.item_budget.items)} tested items per "
+            f"{grant.item_budget.per.describe()}"
+        )
+    if grant.rate_limit is not None:
+        total = grant.rate_limit.queries * grant.max_items_per_query
+        return (
+            f"up to {_number(total)} tested items per {grant.rate_limit.per.describe()} "
+            f"({_number(grant.rate_limit.queries)} queries of "
+            f"{_number(grant.max_items_per_query)})"
+        )
+    return (
+        f"any number of tested items: {_number(grant.max_items_per_query)} per query and no "
+        "limit on queries (set an item_budget)"
+    )
+
+
+def _query_bounds(grant: Grant) -> str:
+    bounds = []
+    if grant.rate_limit is not None:
+        bounds.append(f"{_number(grant.rate_limit.queries)} per {grant.rate_limit.per.describe()}")
+    if grant.item_budget is not None:
+        bounds.append(
+            f"{_number(grant.item_budget.items)} one-record queries per "
+            f"{grant.item_budget.per.describe()}"
+        )
+    if grant.noise and grant.epsilon_budget is not None:
+        queries = grant.epsilon_budget.epsilon / grant.epsilon_per_query
+        bounds.append(
+            f"{_number(int(queries))} full-epsilon queries per "
+            f"{grant.epsilon_budget.per.describe()}"
+        )
+    if not bounds:
+        return "with no limit on the number of queries (set an item_budget or epsilon_budget)"
+    return "up to " + ", and ".join(bounds)
+
+
+def worst_case(grant: Grant, jurisdiction: str) -> str:
+    """What a partner who probes or runs modified software can learn under `grant`, in numbers."""
+    j = jurisdiction
+    prefix = "Worst case (a partner running modified software): "
+    if grant.disclosure is Level.OVERLAP:
+        queries = (
+            f"up to {_number(grant.rate_limit.queries)} overlap queries per "
+            f"{grant.rate_limit.per.describe()}"
+            if grant.rate_limit
+            else "with no limit on overlap queries (set a rate_limit)"
+        )
+        return (
+            prefix + f"by entering a one-item set it can learn whether {j} holds that item, "
+            f"{queries}."
+        )
+    if grant.disclosure is Level.AGGREGATE or (
+        grant.aggregate_columns and grant.disclosure in (Level.MEMBERSHIP, Level.DISCLOSURE_REQUEST)
+    ):
+        share = len(grant.aggregate_columns) + 1
+        if grant.noise:
+            values = "; ".join(
+                f"{name} in [{_number(lo)}, {_number(hi)}] plus noise of scale "
+                f"{_number(round(max(abs(lo), abs(hi), 1) * share / grant.epsilon_per_query, 2))}"
+                for name, lo, hi in grant.clip
+            )
+            what = f"single records' values up to the clip bounds plus noise per query ({values})"
+        else:
+            values = ", ".join(
+                f"{name} in [{_number(lo)}, {_number(hi)}]" for name, lo, hi in grant.clip
+            )
+            what = f"single records' exact values up to the clip bounds ({values or 'unclipped'})"
+        match = (
+            ""
+            if grant.disclosure is not Level.AGGREGATE
+            else f"; its match answers reveal which items {j} holds, {_items_bound(grant)}"
+        )
+        return prefix + f"with one-item queries it can learn {what}, {_query_bounds(grant)}{match}."
+    return (
+        prefix
+        + f"it can learn which of {_items_bound(grant)} {j} holds"
+        + (
+            " (one item per query makes a count a yes/no answer)."
+            if grant.disclosure is Level.CARDINALITY
+            else "."
+        )
+    )
+
+
 def describe_grant(grant: Grant, jurisdiction: str, now: dt.datetime) -> list[str]:
     lines = [
         f"{grant.where()}: {grant.disclosure.label} — it learns "
@@ -113,6 +202,7 @@ def describe_grant(grant: Grant, jurisdiction: str, now: dt.datetime) -> list[st
             else "Which items are shared stays hidden from the partner's own node."
         )
     lines += _request_lines(grant)
+    lines.append(worst_case(grant, jurisdiction))
     bases = (
         "legal bases accepted: " + ", ".join(grant.legal_bases)
         if grant.legal_bases
@@ -192,6 +282,15 @@ def explain(
             lines.append(f"  • {first}")
             lines += [f"    {line}" for line in rest]
         in_force = [g for g in grants if g.valid_at(moment)]
+        for kind in QueryKind:
+            serving = [g for g in in_force if g.serves(kind)]
+            if len(serving) > 1:
+                lines.append(
+                    f"  {kind.value.capitalize()} queries: "
+                    + ", ".join(f"grant #{g.index}" for g in serving)
+                    + " each admit them, so all their limits apply together (the strictest "
+                    "binds; a permissive grant never lifts a stricter one's)."
+                )
         not_allowed = _may_not(in_force, j)
         if not_allowed:
             lines.append(f"  {partner} may not: " + "; ".join(not_allowed) + ".")
@@ -283,8 +382,6 @@ def _amount(value: object) -> float | None:
 
 
 def _per_seconds(label: object) -> float:
-    from node.policy import Period
-
     period = Period.parse(str(label))
     return float(period.seconds) if period else 1.0
 

@@ -7,6 +7,12 @@ levels, grants that can never apply and expired or not-yet-valid grants
 node: its jurisdiction, the datasets it defines and their aggregate and
 disclosable columns.
 
+It also warns about what a partner running modified software could do
+(`probing_warnings`): a cardinality or aggregate grant without an item budget
+(one-item queries turn a count into a yes/no answer, without end), and a
+permissive grant that shadows a strict one for the same partner and dataset
+(the node applies every such grant's limits, so the looser ones do not hold).
+
 Exit status: 0 when no file has an error (warnings are printed but allowed, so
 an expired grant left for the record does not fail a deployment), 1 when any
 file has an error, or any warning with ``--strict``.
@@ -21,8 +27,11 @@ from pathlib import Path
 
 from fedtrace.errors import ConfigError, ExitCode
 from fedtrace.tomlconfig import suggest
+from fedtrace.wire import Level
 from node.config import NODE_FILE, NodeConfig, load_node_config
-from node.policy import Diagnostic, KeyPath, Policy, SourceMap, read_policy
+from node.policy.model import Grant, Policy, QueryKind, utc_now
+from node.policy.parse import read_policy
+from node.policy.source import Diagnostic, KeyPath, SourceMap
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,80 @@ def against_node(policy: Policy, text: str, config: NodeConfig) -> list[Diagnost
     return out
 
 
+def _limit_names(grant: Grant) -> dict[str, tuple[float, int]]:
+    """A grant's limits as comparable rates: name → (amount, window seconds)."""
+    out: dict[str, tuple[float, int]] = {"max_items_per_query": (grant.max_items_per_query, 1)}
+    if grant.rate_limit:
+        out["rate_limit"] = (grant.rate_limit.queries, grant.rate_limit.per.seconds)
+    if grant.item_budget:
+        out["item_budget"] = (grant.item_budget.items, grant.item_budget.per.seconds)
+    if grant.epsilon_budget:
+        out["epsilon_budget"] = (grant.epsilon_budget.epsilon, grant.epsilon_budget.per.seconds)
+    return out
+
+
+def _stricter(strict: Grant, loose: Grant, kinds: Sequence[QueryKind]) -> list[str]:
+    """The limits of `strict` that `loose` lacks or sets looser, for queries of `kinds`."""
+    mine, theirs = _limit_names(strict), _limit_names(loose)
+    names = []
+    for name, (amount, seconds) in mine.items():
+        if name == "epsilon_budget" and QueryKind.AGGREGATE not in kinds:
+            continue
+        other = theirs.get(name)
+        if other is None or other[0] / other[1] > amount / seconds:
+            names.append(name)
+    return names
+
+
+def probing_warnings(policy: Policy, text: str) -> list[Diagnostic]:
+    """Warnings about what a probing partner (modified software) could learn under `policy`."""
+    source = SourceMap(text)
+    name = str(policy.path)
+    out: list[Diagnostic] = []
+
+    def warn(grant: Grant, key: str | None, message: str) -> None:
+        where: KeyPath = ("grant", grant.index - 1) + ((key,) if key else ())
+        line, column = source.position(where, value=key is not None)
+        out.append(Diagnostic(name, line, column, "warning", message))
+
+    for grant in policy.grants:
+        counts = grant.disclosure is Level.CARDINALITY or grant.serves(QueryKind.AGGREGATE)
+        if counts and grant.item_budget is None:
+            warn(
+                grant,
+                None,
+                f"grant #{grant.index}: {grant.disclosure.label} answers without an "
+                "'item_budget': a partner running modified software can send one-item "
+                "queries and learn which items this node holds, with no limit over time "
+                '(add item_budget = { items = N, per = "30d" })',
+            )
+    for loose in policy.grants:
+        for strict in policy.grants:
+            if loose is strict or not strict.valid_at(utc_now()):
+                continue
+            shared = [
+                (p, d)
+                for p in loose.partners
+                for d in loose.datasets
+                if strict.applies(p, d) or (p == "*" and d in strict.datasets)
+            ]
+            kinds = [k for k in QueryKind if loose.serves(k) and strict.serves(k)]
+            stricter = _stricter(strict, loose, kinds)
+            if not shared or not kinds or not stricter:
+                continue
+            partner, dataset = shared[0]
+            warn(
+                loose,
+                None,
+                f"grant #{loose.index} shadows the stricter grant #{strict.index} for "
+                f"{partner} on {dataset!r}: both admit {', '.join(k.value for k in kinds)} "
+                f"queries, and grant #{strict.index}'s {', '.join(stricter)} "
+                f"{'is' if len(stricter) == 1 else 'are'} stricter; the node applies the "
+                f"strictest to both, so grant #{loose.index}'s looser limits do not hold there",
+            )
+    return out
+
+
 def check_policies(
     paths: Sequence[Path], *, node_dir: Path | None = None, now: dt.datetime | None = None
 ) -> CheckReport:
@@ -132,6 +215,7 @@ def check_policies(
         found.extend(outcome.diagnostics)
         if outcome.policy is None:
             continue
+        found.extend(probing_warnings(outcome.policy, path.read_text(encoding="utf-8")))
         config = _node_for(path, node_dir)
         if config is not None:
             text = path.read_text(encoding="utf-8")

@@ -1,8 +1,8 @@
-"""The OverlapService servicer: decode, call `node.overlap`, encode; refusals become status codes.
+"""OverlapService: decode, call `node.overlap`, encode; refusals become status codes.
 
-Admission happens once, at join, through the node's one gate
-(`Gate.admit(identity, QueryKind.OVERLAP, …)`): policy (an `overlap` grant for
-the investigator and dataset), budgets, audit. The join answers the set size,
+Admission happens once, at join, in `node.session.query_session` through the
+node's one gate: policy (an `overlap` grant for the investigator and dataset),
+budgets, audit. The join answers the set size,
 so it is settled as answered before the response leaves. Every later step of the
 overlap (open, initial set, each relay hop, notices, close or expiry) is appended
 to the audit trail as a `overlap` entry with counts and digests, never a point or
@@ -14,29 +14,30 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import grpc
 
-from fedtrace.pki import Identity, sign
+from fedtrace.pki import sign
 from fedtrace.v1 import node_pb2, overlap_pb2, overlap_pb2_grpc
+from fedtrace.wire import Level
 from node.audit import AuditError
-from node.auth import peer_identity
-from node.epoch import DatasetError
-from node.gate import Admission, Outcome, QueryContextInfo, QueryRefused
+from node.gate import QueryContextInfo, QueryRefused
 from node.overlap import (
     NodeOverlap,
     OverlapRegistry,
     initial_batches,
+    join_overlap,
     learn_shared,
     open_overlap,
-    overlap_items,
     relay_batches,
+    step_entry,
 )
-from node.policy import Level, QueryKind
-from node.service import NodeState
+from node.policy import QueryKind
+from node.session import abort, caller, query_session
 from node.shared import store_shared
+from node.state import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ SERVICE_NAME = overlap_pb2.DESCRIPTOR.services_by_name["OverlapService"].full_na
 _OVERLAP_ID = re.compile(r"[0-9a-f]{16,64}")
 
 
-def _abort(context: grpc.ServicerContext, refusal: QueryRefused) -> None:
-    context.abort(refusal.code, str(refusal))
-
-
-class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[misc,unused-ignore]
+class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
     """The node's side of the overlap query over gRPC (docs/overlap.md)."""
 
     def __init__(
@@ -74,25 +71,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
 
     def _audit(self, overlap: NodeOverlap, outcome: str, **fields: Any) -> None:
         """One `overlap` entry per step; raises QueryRefused when the trail cannot be written."""
-        entry = {
-            "peer": {
-                "jurisdiction": overlap.identity.jurisdiction,
-                "role": overlap.identity.role,
-                "subject": overlap.identity.subject,
-                "serial": overlap.identity.serial,
-                "fingerprint_sha256": overlap.identity.fingerprint_sha256,
-            },
-            "case_ref": overlap.context.case_ref,
-            "legal_basis": overlap.context.legal_basis,
-            "nonce": overlap.context.nonce,
-            "kind": QueryKind.OVERLAP.value,
-            "dataset": overlap.dataset,
-            "overlap_id": overlap.overlap_id,
-            "disclosure": Level.OVERLAP.label,
-            "policy_version": overlap.policy_version,
-            "outcome": outcome,
-            **fields,
-        }
+        entry = step_entry(overlap, outcome, **fields)
         try:
             self._state.gate.audit.append("overlap", entry)
         except AuditError as exc:
@@ -109,9 +88,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
             pass
 
     def _overlap(self, overlap_id: str, context: grpc.ServicerContext) -> NodeOverlap:
-        identity = peer_identity(context)
-        assert identity is not None  # IdentityInterceptor guarantees it
-        return self.registry.get(overlap_id, identity)
+        return self.registry.get(overlap_id, caller(context))
 
     def _fail(
         self,
@@ -119,112 +96,63 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
         context: grpc.ServicerContext,
         step: str,
         exc: QueryRefused,
-    ) -> None:
+    ) -> NoReturn:
         log.info("overlap step refused: step=%s code=%s reason=%s", step, exc.code.name, exc)
         if overlap is not None:
             try:
                 self._audit(overlap, "refused", step=step, code=exc.code.name, reason=str(exc))
             except QueryRefused:
                 pass
-        _abort(context, exc)
+        abort(context, exc)
 
     # --- RPCs ----------------------------------------------------------------------------
 
-    def Join(self, request: overlap_pb2.OverlapJoinRequest, context: grpc.ServicerContext) -> Any:
-        identity = peer_identity(context)
-        assert identity is not None
-        gate = self._state.gate
+    def Join(
+        self, request: overlap_pb2.OverlapJoinRequest, context: grpc.ServicerContext
+    ) -> overlap_pb2.OverlapJoinResponse:
+        state = self._state
         info = QueryContextInfo.from_proto(request.context)
-        try:
+        with query_session(
+            state, context, QueryKind.OVERLAP, asked=Level.OVERLAP, slot=False, label="overlap"
+        ) as session:
+            identity = session.identity
+            session.describe(request.dataset, info, 0)
             if not _OVERLAP_ID.fullmatch(request.overlap_id):
                 raise QueryRefused(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "a overlap id is 16 to 64 lower-case hex digits",
                 )
             self.registry.reserve(self._jurisdiction, request.overlap_id)
-        except QueryRefused as exc:
-            gate.refuse(
+            admission = session.admit(request.dataset, info, 0, Level.OVERLAP)
+            dataset = state.config.dataset(request.dataset)
+            assert dataset is not None  # the gate refused unknown datasets
+            overlap = join_overlap(
+                self.registry,
+                state.database,
+                dataset,
+                request.overlap_id,
                 identity,
-                QueryKind.OVERLAP,
-                exc,
-                dataset=request.dataset,
-                context=info,
-                asked=Level.OVERLAP,
-            )
-            _abort(context, exc)
-            return None
-        try:
-            admission = gate.admit(
-                identity, QueryKind.OVERLAP, request.dataset, info, 0, Level.OVERLAP
-            )
-        except QueryRefused as exc:
-            log.info(
-                "overlap refused: partner=%s code=%s reason=%s",
-                identity.jurisdiction,
-                exc.code.name,
-                exc,
-            )
-            _abort(context, exc)
-            return None
-        try:
-            return self._join(identity, request, info, admission)
-        except QueryRefused as exc:
-            gate.settle(admission, Outcome.REFUSED, reason=str(exc), code=exc.code)
-            _abort(context, exc)
-            return None
-        except BaseException:
-            gate.settle(
-                admission, Outcome.FAILED, reason="internal error", code=grpc.StatusCode.INTERNAL
-            )
-            raise
-
-    def _join(
-        self,
-        identity: Identity,
-        request: overlap_pb2.OverlapJoinRequest,
-        info: QueryContextInfo,
-        admission: Admission,
-    ) -> overlap_pb2.OverlapJoinResponse:
-        dataset = self._state.config.dataset(request.dataset)
-        assert dataset is not None  # the gate refused unknown datasets
-        try:
-            with self._state.database.session() as con:
-                items = overlap_items(con, dataset)
-        except DatasetError as exc:
-            raise QueryRefused(grpc.StatusCode.INTERNAL, str(exc)) from None
-        grant = admission.grant
-        overlap = NodeOverlap(
-            overlap_id=request.overlap_id,
-            identity=identity,
-            dataset=request.dataset,
-            context=info,
-            policy_version=admission.policy.version,
-            reveal_to_owner=grant.reveal_to_owner,
-            min_cohort=grant.min_cohort,
-            items=items,
-            deadline=self.registry.deadline(),
-        )
-        self.registry.add(overlap)
-        try:
-            # The set size leaves with the answer: settled (audited) before it does.
-            self._state.gate.settle(
+                info,
                 admission,
-                Outcome.ANSWERED,
-                details={
-                    "overlap_id": overlap.overlap_id,
-                    "step": "join",
-                    "set_size": overlap.set_size,
-                    "reveal_to_owner": grant.reveal_to_owner,
-                    "min_cohort": grant.min_cohort,
-                },
             )
-        except QueryRefused:
-            self.registry.remove(overlap.overlap_id)
-            raise
+            grant = admission.grant
+            try:
+                # The set size leaves with the answer: settled (audited) before it does.
+                session.answered(
+                    details={
+                        "overlap_id": overlap.overlap_id,
+                        "step": "join",
+                        "set_size": overlap.set_size,
+                        "reveal_to_owner": grant.reveal_to_owner,
+                        "min_cohort": grant.min_cohort,
+                    },
+                )
+            except QueryRefused:
+                self.registry.remove(overlap.overlap_id)
+                raise
         log.info(
-            "overlap joined: partner=%s case=%s dataset=%s overlap=%s items=%d",
+            "overlap joined: partner=%s dataset=%s overlap=%s items=%d",
             identity.jurisdiction,
-            info.case_ref,
             request.dataset,
             overlap.overlap_id,
             overlap.set_size,
@@ -236,11 +164,13 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
             min_cohort=grant.min_cohort,
             policy_version=admission.policy.version,
             identifier_kind=dataset.kind,
-            certificate_pem=self._state.certificate_pem,
-            max_relay_points=self._state.config.limits.max_items_per_request,
+            certificate_pem=state.certificate_pem,
+            max_relay_points=state.config.limits.max_items_per_request,
         )
 
-    def Open(self, request: overlap_pb2.OverlapOpenRequest, context: grpc.ServicerContext) -> Any:
+    def Open(
+        self, request: overlap_pb2.OverlapOpenRequest, context: grpc.ServicerContext
+    ) -> overlap_pb2.OverlapOpenResponse:
         overlap = None
         try:
             overlap = self._overlap(request.overlap_id, context)
@@ -269,12 +199,11 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
             )
         except QueryRefused as exc:
             self._fail(overlap, context, "open", exc)
-            return None
         return overlap_pb2.OverlapOpenResponse(set_size=overlap.set_size)
 
     def Initial(
         self, request: overlap_pb2.OverlapRef, context: grpc.ServicerContext
-    ) -> Iterable[node_pb2.PointBatch]:
+    ) -> Iterator[node_pb2.PointBatch]:
         overlap = None
         try:
             overlap = self._overlap(request.overlap_id, context)
@@ -286,7 +215,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
 
     def Relay(
         self, requests: Iterator[overlap_pb2.OverlapRelayRequest], context: grpc.ServicerContext
-    ) -> Iterable[node_pb2.PointBatch]:
+    ) -> Iterator[node_pb2.PointBatch]:
         overlap = None
         try:
             first = next(requests, None)
@@ -331,7 +260,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
 
     def Shared(
         self, requests: Iterator[overlap_pb2.OverlapSharedRequest], context: grpc.ServicerContext
-    ) -> Any:
+    ) -> overlap_pb2.OverlapSharedResponse:
         overlap = None
         try:
             first = next(requests, None)
@@ -358,10 +287,11 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
             self._audit(overlap, "shared-stored", item_count=len(shared), records=stored)
         except QueryRefused as exc:
             self._fail(overlap, context, "shared", exc)
-            return None
         return overlap_pb2.OverlapSharedResponse(shared_records=stored)
 
-    def Close(self, request: overlap_pb2.OverlapRef, context: grpc.ServicerContext) -> Any:
+    def Close(
+        self, request: overlap_pb2.OverlapRef, context: grpc.ServicerContext
+    ) -> overlap_pb2.OverlapCloseResponse:
         overlap = None
         try:
             overlap = self._overlap(request.overlap_id, context)
@@ -377,7 +307,6 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):  # type: ignore[
             )
         except QueryRefused as exc:
             self._fail(overlap, context, "close", exc)
-            return None
         return overlap_pb2.OverlapCloseResponse(
             transcript_sha256=digest, signature=sign(self._state.key_pem, digest)
         )
