@@ -4,7 +4,9 @@ Per node: ``match_count`` and ``aggregates: {column: value}`` (money in euros,
 exact to the cent before noise), ``noise_scale`` and ``interval_95`` for each
 noisy figure, ``min_cohort``. Figures whose (noisy) match count is below the
 node's ``min_cohort`` are withheld as ``"< k"``. With ``--total-only`` the
-nodes carry no figures and the report has one ``total``.
+nodes carry no figures and the report has one ``total``. Figures that cannot be
+negative (coordinator.figures) are shown clamped at 0; ``clamped`` lists them,
+true where the noise took the value below 0. The table's footer says what ± means.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
-from coordinator.aggregate import AggregateOutcome, AggregateResult, FederationTotal, Figure
+from coordinator.figures import AggregateOutcome, AggregateResult, FederationTotal, Figure
 from coordinator.report import WatchlistSummary, report_json, result_json
+from coordinator.tables import text_console, text_of, titled_table
 from fedtrace.aggregate import COUNT_COLUMN
+from fedtrace.wire import NodeStatus
 
 
 def _figures_json(figures: dict[str, Figure], min_cohort: int, withheld: bool) -> dict[str, Any]:
@@ -38,12 +38,15 @@ def _figures_json(figures: dict[str, Figure], min_cohort: int, withheld: bool) -
             n: f.scale / 10**f.decimals if f.decimals else f.scale for n, f in noisy.items()
         }
         out["interval_95"] = {n: f.interval_95() for n, f in noisy.items()}
+        floored = {n: f.clamped for n, f in noisy.items() if f.non_negative}
+        if floored:
+            out["clamped"] = floored
     return out
 
 
 def aggregate_result_json(result: AggregateResult) -> dict[str, Any]:
     out = result_json(result.result)
-    if result.result.status == "ok":
+    if result.result.status == NodeStatus.OK:
         out["min_cohort"] = result.min_cohort
         if result.figures is not None:
             out.update(_figures_json(result.figures, result.min_cohort, result.withheld))
@@ -52,7 +55,7 @@ def aggregate_result_json(result: AggregateResult) -> dict[str, Any]:
 
 def total_json(total: FederationTotal) -> dict[str, Any]:
     out: dict[str, Any] = {"status": total.status, "nodes": total.nodes}
-    if total.status != "ok":
+    if total.status != NodeStatus.OK:
         out["reason"] = total.reason
         return out
     out["min_cohort"] = total.min_cohort
@@ -87,7 +90,10 @@ def render_aggregate(
     watchlist: WatchlistSummary | None = None,
     legal_basis: str = "",
     columns: Sequence[str] = (),
+    width: int | None = None,
 ) -> str:
+    """The report as `--format` gives it; a table is `width` columns wide (default: the
+    terminal's, coordinator.tables)."""
     report = aggregate_report_json(case, dataset, outcome, watchlist, legal_basis, columns)
     if fmt == "json":
         return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
@@ -96,7 +102,7 @@ def render_aggregate(
         rows.append(("TOTAL", {"status": report["total"]["status"], **report["total"]}))
     if fmt == "csv":
         return _csv(rows, columns)
-    return _table(case, dataset, rows, columns, watchlist)
+    return _table(case, dataset, rows, columns, watchlist, width)
 
 
 def _cell(entry: dict[str, Any], figure: str) -> str:
@@ -113,9 +119,8 @@ def _cell(entry: dict[str, Any], figure: str) -> str:
         else (f"{value:,}" if isinstance(value, int) else str(value))
     )
     interval = entry.get("interval_95", {}).get(figure)
-    if interval is not None:
-        low, high = interval
-        width = (high - low) / 2
+    if interval is not None and isinstance(value, int | float):
+        width = round(interval[1] - value, 6)  # the noise's half-width; the low end may be cut
         text += (
             f" ± {width:,.2f}" if isinstance(width, float) and width % 1 else f" ± {int(width):,}"
         )
@@ -165,28 +170,30 @@ def _csv(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> 
     return buffer.getvalue()
 
 
+NOISE_FOOTER = (
+    "± is the 95% interval of the node's differential-privacy noise; "
+    "figures of non-negative columns are clamped at 0"
+)
+
+
 def _table(
     case: str,
     dataset: str,
     rows: Sequence[tuple[str, dict[str, Any]]],
     columns: Sequence[str],
     watchlist: WatchlistSummary | None,
+    width: int | None,
 ) -> str:
-    console = Console(file=io.StringIO(), width=160, force_terminal=False, color_system=None)
+    console = text_console(width)
     title = f"aggregate · dataset {dataset} · case {case}"
     if watchlist is not None:
         title += f" · {watchlist.items} watchlist items"
-    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
-    for name in ("node", "status", "matches", *columns, "note"):
-        table.add_column(name, overflow="fold")
+    table = titled_table(title, ("node", "status", "matches", *columns, "note"), console.width)
     for node, entry in rows:
         note = (
             entry.get("reason", "")
-            if entry["status"] != "ok"
-            else (
-                f"min cohort {entry.get('min_cohort', '-')}"
-                + (", ± is the 95% noise interval" if entry.get("interval_95") else "")
-            )
+            if entry["status"] != NodeStatus.OK
+            else f"min cohort {entry.get('min_cohort', '-')}"
         )
         table.add_row(
             node,
@@ -196,4 +203,6 @@ def _table(
             note,
         )
     console.print(table)
-    return str(console.file.getvalue())  # type: ignore[attr-defined]
+    if any(entry.get("interval_95") for _, entry in rows):
+        console.print(NOISE_FOOTER)
+    return text_of(console)

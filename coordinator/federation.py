@@ -1,10 +1,15 @@
-"""FED.toml: the investigator's identity and the roster of nodes, parsed into frozen values."""
+"""FED.toml: the investigator's identity and the roster of nodes, parsed into frozen values.
+
+``[investigator] legal_bases = ["CODE", …]`` adds legal-basis codes to the known
+ones (coordinator.checks.KNOWN_LEGAL_BASES) that `--legal-basis` is checked against.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.checks import check_legal_bases
 from fedtrace.errors import ConfigError
 from fedtrace.tomlconfig import TableReader, load_toml
 
@@ -25,6 +30,7 @@ class Federation:
     nodes: tuple[NodeEntry, ...]
     deadline_seconds: float
     revoked: Path | None = None  # the federation's revocation list (fedtrace.revocation)
+    legal_bases: tuple[str, ...] = ()  # legal-basis codes known beyond the built-in ones
 
     def select(self, names: tuple[str, ...] | None) -> tuple[NodeEntry, ...]:
         if not names:
@@ -47,7 +53,7 @@ def load_federation(path: Path) -> Federation:
     inv = TableReader(
         top.required("investigator", dict),
         f"{path} [investigator]",
-        ("name", "cert", "key", "ca", "revoked"),
+        ("name", "cert", "key", "ca", "revoked", "legal_bases"),
     )
     query = TableReader(top.optional("query", dict, {}), f"{path} [query]", ("deadline_seconds",))
     nodes = []
@@ -69,6 +75,7 @@ def load_federation(path: Path) -> Federation:
         nodes=tuple(nodes),
         deadline_seconds=query.optional("deadline_seconds", float, 120.0),
         revoked=base / inv.optional("revoked", str, "") if inv.has("revoked") else None,
+        legal_bases=check_legal_bases(inv.string_list("legal_bases"), f"{path} [investigator]"),
     )
     for reader in (inv, query, top):
         reader.finish()

@@ -4,7 +4,7 @@ Flow (docs/overlap.md): every selected node is asked to join (its policy decides
 a refusal is that node's `denied` result and the overlap runs among the rest, if
 at least two joined) → the plan fixes the roster, whether owners learn their
 shared items (only when every joined grant allows it) and each origin's size →
-`fedtrace.overlap_protocol.run_overlap` streams every set around its ring, all origins at
+`fedtrace.overlap.run_overlap` streams every set around its ring, all origins at
 once → the tally counts exact groups and pairs, with the largest minimum cohort
 of the participants applied → each node signs its transcript at close, and the
 coordinator checks it against what it relayed itself.
@@ -23,29 +23,26 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from coordinator.fanout import Deadline, NodeTrust, fan_out
 from coordinator.federation import Federation, NodeEntry
-from coordinator.match import Progress, rpc_failure
-from coordinator.transport import node_channel, read_federation_file
-from fedtrace import group
+from coordinator.progress import Progress, silent
+from coordinator.results import NodeFailure, rpc_failure
+from coordinator.transport import Connections, NodeConnection
+from fedtrace import group, overlap_ring
 from fedtrace import overlap as overlap_protocol
 from fedtrace.errors import FedtraceError
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
-from fedtrace.pki import (
-    ROLE_NODE,
-    InvalidCertificate,
-    read_key_pem,
-    verify_issued_by,
-    verify_signature,
-)
+from fedtrace.pki import verify_signature
+from fedtrace.revocation import RevocationList
 from fedtrace.transcript import SIGNATURE_ALGORITHM
-from fedtrace.v1 import node_pb2, overlap_pb2, overlap_pb2_grpc
+from fedtrace.v1 import node_pb2, overlap_pb2
+from fedtrace.wire import Level, NodeStatus
 
 RELAY_LOG_ENV = "FEDTRACE_OVERLAP_RELAY_LOG"
 _ITERATING = "Exception iterating requests"
@@ -66,7 +63,7 @@ class OverlapQuery:
 @dataclass
 class OverlapNodeResult:
     node: str
-    status: str  # ok | denied | unavailable | error
+    status: NodeStatus
     reason: str = ""
     disclosure: str = ""
     set_size: int | None = None
@@ -81,27 +78,15 @@ class OverlapNodeResult:
 
 
 @dataclass
-class OverlapReport:
+class OverlapOutcome:
     overlap_id: str
     roster: tuple[str, ...]
     reveal: bool
     min_cohort: int
     results: list[OverlapNodeResult]
-    groups: dict[frozenset[str], overlap_protocol.GroupCount] | None
-    pairwise: dict[tuple[str, str], overlap_protocol.GroupCount] | None
+    groups: dict[frozenset[str], overlap_ring.GroupCount] | None
+    pairwise: dict[tuple[str, str], overlap_ring.GroupCount] | None
     seconds: float = 0.0
-
-
-class OverlapChannels:
-    """mTLS channels to nodes from the investigator's TLS material (FED.toml)."""
-
-    def __init__(self, federation: Federation) -> None:
-        self.root = read_federation_file(federation.ca, "federation CA certificate")
-        self.cert = read_federation_file(federation.cert, "investigator certificate")
-        self.key = read_key_pem(federation.key)
-
-    def __call__(self, entry: NodeEntry) -> grpc.Channel:
-        return node_channel(entry, self.root, self.key, self.cert)
 
 
 @dataclass
@@ -111,18 +96,21 @@ class _Failure:
     at: float
 
 
-class GrpcOverlapPeer:
-    """`fedtrace.overlap_protocol.OverlapPeer` over the OverlapService RPCs of one node."""
+class ConnectionOverlapPeer:
+    """`fedtrace.overlap.OverlapPeer` over the OverlapService calls of one node's connection."""
 
     def __init__(
-        self, entry: NodeEntry, channel: grpc.Channel, deadline: float, failures: list[_Failure]
+        self,
+        entry: NodeEntry,
+        connection: NodeConnection,
+        deadline: float,
+        failures: list[_Failure],
     ) -> None:
         self.entry = entry
-        self._channel = channel
-        self._stub = overlap_pb2_grpc.OverlapServiceStub(channel)
+        self._connection = connection
         self._deadline = deadline
         self._failures = failures
-        self._calls: list[Any] = []
+        self._calls: list[Iterator[node_pb2.PointBatch]] = []
         self._lock = threading.Lock()
         self.plan: overlap_protocol.OverlapPlan | None = None
         self.sizes: dict[str, int] = {}
@@ -148,7 +136,7 @@ class GrpcOverlapPeer:
         with self._lock:
             self._failures.append(_Failure(self.entry.name, error, time.monotonic()))
 
-    def _stream(self, call: Any) -> Iterator[bytes]:
+    def _stream(self, call: Iterator[node_pb2.PointBatch]) -> Iterator[bytes]:
         with self._lock:
             self._calls.append(call)
         try:
@@ -167,13 +155,12 @@ class GrpcOverlapPeer:
             nonce=self.nonce,
             timestamp_unix_ms=self.timestamp_ms,
         )
-        reply: overlap_pb2.OverlapJoinResponse = self._stub.Join(
+        return self._connection.overlap_join(
             overlap_pb2.OverlapJoinRequest(
                 context=context, dataset=query.dataset, overlap_id=overlap_id
             ),
-            timeout=self._timeout(),
+            self._timeout(),
         )
-        return reply
 
     def open(self, plan: overlap_protocol.OverlapPlan) -> int:
         self.plan = plan
@@ -187,15 +174,15 @@ class GrpcOverlapPeer:
             ],
         )
         try:
-            response = self._stub.Open(request, timeout=self._timeout())
+            response = self._connection.overlap_open(request, self._timeout())
         except grpc.RpcError as exc:
             self._record(exc)
             raise
         return int(response.set_size)
 
     def initial(self, overlap_id: str) -> Iterator[bytes]:
-        call = self._stub.Initial(
-            overlap_pb2.OverlapRef(overlap_id=overlap_id), timeout=self._timeout()
+        call = self._connection.overlap_initial(
+            overlap_pb2.OverlapRef(overlap_id=overlap_id), self._timeout()
         )
         return self._stream(call)
 
@@ -215,7 +202,7 @@ class GrpcOverlapPeer:
             for batch in incoming:
                 yield overlap_pb2.OverlapRelayRequest(points=node_pb2.PointBatch(points=batch))
 
-        return self._stream(self._stub.Relay(requests(), timeout=self._timeout()))
+        return self._stream(self._connection.overlap_relay(requests(), self._timeout()))
 
     def deliver_shared(self, overlap_id: str, notices: Iterable[bytes]) -> None:
         def requests() -> Iterator[overlap_pb2.OverlapSharedRequest]:
@@ -226,7 +213,7 @@ class GrpcOverlapPeer:
                 yield overlap_pb2.OverlapSharedRequest(notices=notice)
 
         try:
-            response = self._stub.Shared(requests(), timeout=self._timeout())
+            response = self._connection.overlap_shared(requests(), self._timeout())
         except grpc.RpcError as exc:
             self._record(exc)
             raise
@@ -236,17 +223,17 @@ class GrpcOverlapPeer:
         with self._lock:
             calls, self._calls = self._calls, []
         for call in calls:
-            call.cancel()  # a failed overlap stops every stream still running
+            if isinstance(call, grpc.RpcContext):
+                call.cancel()  # a failed overlap stops every stream still running
+            elif isinstance(call, Generator):
+                call.close()  # an in-memory stream
         try:
-            self.close_response = self._stub.Close(
+            self.close_response = self._connection.overlap_close(
                 overlap_pb2.OverlapRef(overlap_id=overlap_id),
-                timeout=max(1.0, min(10.0, self._deadline - time.monotonic())),
+                max(1.0, min(10.0, self._deadline - time.monotonic())),
             )
         except grpc.RpcError:
             self.close_response = None  # the node drops the overlap at its own deadline
-
-    def shutdown(self) -> None:
-        self._channel.close()
 
 
 class RelayRecorder:
@@ -257,7 +244,7 @@ class RelayRecorder:
         self._lock = threading.Lock()
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
 
-    def __call__(self, message: overlap_protocol.Relayed) -> None:
+    def __call__(self, message: overlap_ring.Relayed) -> None:
         key = (message.sender, message.receiver, message.origin)
         with self._lock:
             digest = self._digests.setdefault(key, hashlib.sha256())
@@ -315,7 +302,7 @@ class RelayRecorder:
             overlap_id=plan.overlap_id,
             roster=plan.roster,
             reveal=plan.reveal,
-            disclosure="overlap",
+            disclosure=Level.OVERLAP.label,
             policy_version=result.policy_version,
             case_ref=query.case_ref,
             legal_basis=query.legal_basis,
@@ -333,158 +320,148 @@ class RelayRecorder:
 def run_overlap(
     federation: Federation,
     query: OverlapQuery,
-    channels: Callable[[NodeEntry], grpc.Channel],
+    connections: Connections,
     ca_pem: bytes,
     *,
     nodes: Sequence[NodeEntry] | None = None,
     progress: Progress | None = None,
-    observe: Callable[[overlap_protocol.Relayed], None] | None = None,
-) -> OverlapReport:
+    observe: Callable[[overlap_ring.Relayed], None] | None = None,
+    revoked: RevocationList | None = None,
+) -> OverlapOutcome:
     """Run one overlap query over the selected nodes; results in roster order."""
     entries = list(nodes or federation.nodes)
-    report = progress or (lambda node, what: None)
+    report = progress or silent
+    trust = NodeTrust(ca_pem, revoked)
     started = time.monotonic()
-    deadline = started + federation.deadline_seconds
+    deadline = Deadline(started + federation.deadline_seconds)
     overlap_id = secrets.token_hex(16)
     failures: list[_Failure] = []
-    peers = {e.name: GrpcOverlapPeer(e, channels(e), deadline, failures) for e in entries}
-    results = {e.name: OverlapNodeResult(e.name, "error", "did not take part") for e in entries}
+    peers = {
+        e.name: ConnectionOverlapPeer(e, connections(e), deadline.at, failures) for e in entries
+    }
+    results = {
+        e.name: OverlapNodeResult(e.name, NodeStatus.ERROR, "did not take part") for e in entries
+    }
+
+    def join(entry: NodeEntry, connection: NodeConnection) -> OverlapNodeResult:
+        report(entry.name, "asking to join the overlap")
+        return _joined(entry, peers[entry.name].join(overlap_id, query), trust)
+
+    # Not retried: the node holds the overlap id from its first answer.
+    for outcome in fan_out(
+        entries, connections, deadline, join, silent, retry=False, report_status=False
+    ):
+        name = outcome.entry.name
+        if outcome.failure is not None:
+            result = OverlapNodeResult(name, outcome.failure.status, outcome.failure.reason)
+        else:
+            assert outcome.value is not None
+            result = outcome.value
+        result.seconds = outcome.seconds
+        report(name, "joined" if result.status == NodeStatus.OK else result.status)
+        results[name] = result
+    joined = [e.name for e in entries if results[e.name].status == NodeStatus.OK]
+    kinds = {results[code].identifier_kind for code in joined}
+    if len(kinds) > 1:
+        raise OverlapFailed(
+            f"dataset {query.dataset!r} holds different identifier kinds at "
+            + ", ".join(f"{c} ({results[c].identifier_kind})" for c in joined)
+            + "; a overlap compares one kind"
+        )
+    if len(joined) < 2:
+        for code in joined:
+            peers[code].close(overlap_id)
+            results[code].status = NodeStatus.ERROR
+            results[
+                code
+            ].reason = f"the overlap needs at least 2 participants; only {len(joined)} joined"
+        return OverlapOutcome(
+            overlap_id,
+            tuple(joined),
+            False,
+            1,
+            [results[e.name] for e in entries],
+            None,
+            None,
+            round(time.monotonic() - started, 3),
+        )
+    plan = overlap_protocol.OverlapPlan(
+        overlap_id, tuple(joined), reveal=all(results[c].reveal_to_owner for c in joined)
+    )
+    min_cohort = max(results[c].min_cohort or 1 for c in joined)
+    sizes = {code: results[code].set_size or 0 for code in joined}
+    for code in joined:
+        peers[code].sizes = sizes
+    recorder = RelayRecorder(os.environ.get(RELAY_LOG_ENV) or None)
+
+    def observed(message: overlap_ring.Relayed) -> None:
+        recorder(message)
+        if observe is not None:
+            observe(message)
+
+    report(
+        "*",
+        f"overlap of {', '.join(joined)}: relaying {sum(sizes.values()):,} items around the ring",
+    )
     try:
-
-        def join(entry: NodeEntry) -> OverlapNodeResult:
-            report(entry.name, "asking to join the overlap")
-            t0 = time.monotonic()
-            try:
-                response = peers[entry.name].join(overlap_id, query)
-                result = _joined(entry, response, ca_pem)
-            except grpc.RpcError as exc:
-                failed = rpc_failure(entry, exc)
-                result = OverlapNodeResult(entry.name, failed.status, failed.reason)
-            except _NodeProblem as exc:
-                result = OverlapNodeResult(entry.name, "error", str(exc))
-            result.seconds = round(time.monotonic() - t0, 3)
-            report(entry.name, "joined" if result.status == "ok" else result.status)
-            return result
-
-        with ThreadPoolExecutor(max_workers=max(1, len(entries))) as pool:
-            for result in pool.map(join, entries):
-                results[result.node] = result
-        joined = [e.name for e in entries if results[e.name].status == "ok"]
-        kinds = {results[code].identifier_kind for code in joined}
-        if len(kinds) > 1:
-            raise OverlapFailed(
-                f"dataset {query.dataset!r} holds different identifier kinds at "
-                + ", ".join(f"{c} ({results[c].identifier_kind})" for c in joined)
-                + "; a overlap compares one kind"
-            )
-        if len(joined) < 2:
-            for code in joined:
-                peers[code].close(overlap_id)
-                results[code].status = "error"
-                results[
-                    code
-                ].reason = f"the overlap needs at least 2 participants; only {len(joined)} joined"
-            return OverlapReport(
-                overlap_id,
-                tuple(joined),
-                False,
-                1,
-                [results[e.name] for e in entries],
-                None,
-                None,
-                round(time.monotonic() - started, 3),
-            )
-        plan = overlap_protocol.OverlapPlan(
-            overlap_id, tuple(joined), reveal=all(results[c].reveal_to_owner for c in joined)
+        tally = overlap_ring.run_overlap(
+            plan, {c: peers[c] for c in joined}, observe=observed, concurrent=True
         )
-        min_cohort = max(results[c].min_cohort or 1 for c in joined)
-        sizes = {code: results[code].set_size or 0 for code in joined}
-        for code in joined:
-            peers[code].sizes = sizes
-        recorder = RelayRecorder(os.environ.get(RELAY_LOG_ENV) or None)
-
-        def observed(message: overlap_protocol.Relayed) -> None:
-            recorder(message)
-            if observe is not None:
-                observe(message)
-
-        report(
-            "*",
-            f"overlap of {', '.join(joined)}: relaying {sum(sizes.values()):,} items "
-            f"around the ring",
-        )
-        try:
-            tally = overlap_protocol.run_overlap(
-                plan, {c: peers[c] for c in joined}, observe=observed, concurrent=True
-            )
-        except (
-            grpc.RpcError,
-            overlap_protocol.OverlapError,
-            group.InvalidPoint,
-            OverlapFailed,
-        ) as exc:
-            _blame(results, joined, failures, exc)
-            return OverlapReport(
-                overlap_id,
-                plan.roster,
-                plan.reveal,
-                min_cohort,
-                [results[e.name] for e in entries],
-                None,
-                None,
-                round(time.monotonic() - started, 3),
-            )
-        finally:
-            recorder.close()
-        for code in joined:
-            _check_transcript(results[code], peers[code], plan, query, recorder, sizes)
-            results[code].shared_records = peers[code].shared_records
-        groups = tally.groups(min_cohort)
-        pairwise = tally.pairwise(min_cohort)
-        return OverlapReport(
+    except (
+        grpc.RpcError,
+        overlap_protocol.OverlapError,
+        group.InvalidPoint,
+        OverlapFailed,
+    ) as exc:
+        _blame(results, joined, failures, exc)
+        return OverlapOutcome(
             overlap_id,
             plan.roster,
             plan.reveal,
             min_cohort,
             [results[e.name] for e in entries],
-            groups,
-            pairwise,
+            None,
+            None,
             round(time.monotonic() - started, 3),
         )
     finally:
-        for peer in peers.values():
-            peer.shutdown()
-
-
-class _NodeProblem(Exception):
-    pass
+        recorder.close()
+    for code in joined:
+        _check_transcript(results[code], peers[code], plan, query, recorder, sizes)
+        results[code].shared_records = peers[code].shared_records
+    groups = tally.groups(min_cohort)
+    pairwise = tally.pairwise(min_cohort)
+    return OverlapOutcome(
+        overlap_id,
+        plan.roster,
+        plan.reveal,
+        min_cohort,
+        [results[e.name] for e in entries],
+        groups,
+        pairwise,
+        round(time.monotonic() - started, 3),
+    )
 
 
 def _joined(
-    entry: NodeEntry, response: overlap_pb2.OverlapJoinResponse, ca_pem: bytes
+    entry: NodeEntry, response: overlap_pb2.OverlapJoinResponse, trust: NodeTrust
 ) -> OverlapNodeResult:
-    try:
-        identity = verify_issued_by(response.certificate_pem, ca_pem)
-    except InvalidCertificate as exc:
-        raise _NodeProblem(f"{entry.name} presents an invalid signing certificate: {exc}") from None
-    if (
-        identity.jurisdiction != entry.name
-        or identity.role != ROLE_NODE
-        or response.jurisdiction != entry.name
-    ):
-        raise _NodeProblem(
-            f"{entry.address} signs as {identity.describe()}, not as node {entry.name}"
+    certificate = trust.check(entry, bytes(response.certificate_pem))
+    if response.jurisdiction != entry.name:
+        raise NodeFailure(
+            NodeStatus.ERROR,
+            f"{entry.address} answers as {response.jurisdiction!r}, not as node {entry.name}",
         )
     return OverlapNodeResult(
         node=entry.name,
-        status="ok",
-        disclosure="overlap",
+        status=NodeStatus.OK,
+        disclosure=Level.OVERLAP.label,
         set_size=int(response.set_size),
         reveal_to_owner=bool(response.reveal_to_owner),
         min_cohort=max(1, int(response.min_cohort)),
         policy_version=response.policy_version,
         identifier_kind=response.identifier_kind,
-        certificate_pem=bytes(response.certificate_pem),
+        certificate_pem=certificate,
     )
 
 
@@ -512,7 +489,7 @@ def _blame(
     for code in joined:
         if code == culprit:
             continue
-        results[code].status = "error"
+        results[code].status = NodeStatus.ERROR
         results[code].reason = (
             f"the overlap stopped because {culprit} failed"
             if culprit
@@ -522,7 +499,7 @@ def _blame(
 
 def _check_transcript(
     result: OverlapNodeResult,
-    peer: GrpcOverlapPeer,
+    peer: ConnectionOverlapPeer,
     plan: overlap_protocol.OverlapPlan,
     query: OverlapQuery,
     recorder: RelayRecorder,
@@ -530,7 +507,7 @@ def _check_transcript(
 ) -> None:
     response = peer.close_response
     if response is None or not response.signature:
-        result.status = "error"
+        result.status = NodeStatus.ERROR
         result.reason = f"{result.node} did not sign its overlap transcript at close"
         return
     transcript = recorder.transcript(
@@ -547,7 +524,7 @@ def _check_transcript(
     if response.transcript_sha256 != digest or not verify_signature(
         result.certificate_pem, digest, response.signature
     ):
-        result.status = "error"
+        result.status = NodeStatus.ERROR
         result.reason = (
             f"{result.node}'s overlap transcript does not match what the coordinator "
             "relayed, or its signature does not verify; the overlap is not trusted"

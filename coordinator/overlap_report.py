@@ -1,4 +1,4 @@
-"""`fedtrace query overlap`: run the overlap and report it as a table and matrix, JSON or CSV.
+"""Overlap reports: the overlap as a table and matrix, JSON or CSV.
 
 JSON extends the report shape of docs/reports.md: ``{"case", "query": "overlap", "dataset",
 "overlap", "groups", "pairwise", "results": [...]}``, one result per node asked
@@ -9,34 +9,22 @@ the minimum cohort are the string ``"< k"``; a pair hiding a suppressed group is
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from coordinator.commands import progress_display, signed_report_text
-from coordinator.federation import load_federation
-from coordinator.match import ensure_investigator_certificate
-from coordinator.overlap import (
-    OverlapChannels,
-    OverlapNodeResult,
-    OverlapQuery,
-    OverlapReport,
-    run_overlap,
-)
-from fedtrace.errors import ExitCode
+from coordinator.overlap import OverlapNodeResult, OverlapOutcome
+from coordinator.tables import text_console, text_of, titled_table
+from fedtrace.wire import NodeStatus
 
 
 def result_json(result: OverlapNodeResult) -> dict[str, Any]:
     out: dict[str, Any] = {"node": result.node, "status": result.status}
-    if result.status != "ok":
+    if result.status != NodeStatus.OK:
         out["reason"] = result.reason
     if result.disclosure:
         out["disclosure"] = result.disclosure
@@ -52,7 +40,7 @@ def result_json(result: OverlapNodeResult) -> dict[str, Any]:
 
 
 def report_json(
-    case: str, dataset: str, report: OverlapReport, legal_basis: str = ""
+    case: str, dataset: str, report: OverlapOutcome, legal_basis: str = ""
 ) -> dict[str, Any]:
     document: dict[str, Any] = {
         "case": case,
@@ -83,7 +71,16 @@ def report_json(
     return document
 
 
-def render(fmt: str, case: str, dataset: str, report: OverlapReport, legal_basis: str = "") -> str:
+def render(
+    fmt: str,
+    case: str,
+    dataset: str,
+    report: OverlapOutcome,
+    legal_basis: str = "",
+    width: int | None = None,
+) -> str:
+    """The report as `--format` gives it; a table is `width` columns wide (default: the
+    terminal's, coordinator.tables)."""
     if fmt == "json":
         return (
             json.dumps(
@@ -93,10 +90,10 @@ def render(fmt: str, case: str, dataset: str, report: OverlapReport, legal_basis
         )
     if fmt == "csv":
         return _csv(report)
-    return _table(case, dataset, report)
+    return _table(case, dataset, report, width)
 
 
-def _csv(report: OverlapReport) -> str:
+def _csv(report: OverlapOutcome) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["section", "jurisdictions", "count", "status", "reason", "policy_version"])
@@ -107,7 +104,7 @@ def _csv(report: OverlapReport) -> str:
                 r.node,
                 "" if r.set_size is None else r.set_size,
                 r.status,
-                r.reason if r.status != "ok" else "",
+                r.reason if r.status != NodeStatus.OK else "",
                 r.policy_version,
             ]
         )
@@ -120,15 +117,13 @@ def _csv(report: OverlapReport) -> str:
     return buffer.getvalue()
 
 
-def _table(case: str, dataset: str, report: OverlapReport) -> str:
-    console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
-    nodes = Table(
-        title=f"overlap · dataset {dataset} · case {case}",
-        box=box.SIMPLE_HEAVY,
-        title_justify="left",
+def _table(case: str, dataset: str, report: OverlapOutcome, width: int | None) -> str:
+    console = text_console(width)
+    nodes = titled_table(
+        f"overlap · dataset {dataset} · case {case}",
+        ("node", "status", "items", "reveal", "min cohort", "policy", "note"),
+        console.width,
     )
-    for column in ("node", "status", "items", "reveal", "min cohort", "policy", "note"):
-        nodes.add_column(column, overflow="fold")
     for r in report.results:
         nodes.add_row(
             r.node,
@@ -137,12 +132,12 @@ def _table(case: str, dataset: str, report: OverlapReport) -> str:
             "-" if r.reveal_to_owner is None else ("yes" if r.reveal_to_owner else "no"),
             "-" if r.min_cohort is None else str(r.min_cohort),
             r.policy_version or "-",
-            r.reason if r.status != "ok" else f"{r.seconds:.2f} s",
+            r.reason if r.status != NodeStatus.OK else f"{r.seconds:.2f} s",
         )
     console.print(nodes, highlight=False)
     if report.groups is None or report.pairwise is None:
         console.print("no overlap: fewer than two nodes took part, or it stopped (see above)")
-        return str(console.file.getvalue())  # type: ignore[attr-defined]
+        return text_of(console)
     cohort = (
         f'; counts below {report.min_cohort} shown as "< {report.min_cohort}"'
         if report.min_cohort > 1
@@ -150,8 +145,8 @@ def _table(case: str, dataset: str, report: OverlapReport) -> str:
     )
     console.print(f"\nitems held by exactly these jurisdictions{cohort}:", highlight=False)
     groups = Table(box=box.SIMPLE_HEAVY)
-    groups.add_column("jurisdictions")
-    groups.add_column("items", justify="right")
+    groups.add_column("jurisdictions", min_width=len("jurisdictions"))
+    groups.add_column("items", justify="right", min_width=len("items"))
     for group, count in report.groups.items():
         groups.add_row(" + ".join(c for c in report.roster if c in group), _count(count))
     console.print(groups, highlight=False)
@@ -159,7 +154,7 @@ def _table(case: str, dataset: str, report: OverlapReport) -> str:
     matrix = Table(box=box.SIMPLE_HEAVY)
     matrix.add_column("")
     for code in report.roster:
-        matrix.add_column(code, justify="right")
+        matrix.add_column(code, justify="right", min_width=len(code))
     for row in report.roster:
         cells = []
         for column in report.roster:
@@ -175,34 +170,8 @@ def _table(case: str, dataset: str, report: OverlapReport) -> str:
             "each node now lists its own shared records: fedtrace node shared NODE_DIR "
             f"--case {case}"
         )
-    return str(console.file.getvalue())  # type: ignore[attr-defined]
+    return text_of(console)
 
 
 def _count(count: int | str) -> str:
     return f"{count:,}" if isinstance(count, int) else count
-
-
-def query_overlap(args: argparse.Namespace) -> int:
-    federation = load_federation(Path(args.federation))
-    nodes = federation.select(tuple(args.nodes.split(",")) if args.nodes else None)
-    channels = OverlapChannels(federation)
-    investigator = ensure_investigator_certificate(channels.cert, channels.root, federation.cert)
-    query = OverlapQuery(
-        dataset=args.dataset,
-        case_ref=args.case,
-        legal_basis=args.legal_basis,
-        investigator=investigator,
-    )
-    with progress_display(sys.stderr.isatty()) as progress:
-        report = run_overlap(
-            federation, query, channels, channels.root, nodes=nodes, progress=progress
-        )
-    text = render(args.format, args.case, args.dataset, report, args.legal_basis)
-    if args.format == "json":  # signed by the investigator: see coordinator/verify.py
-        text = signed_report_text(text, federation.key, federation.cert)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    ok = report.groups is not None and all(r.status == "ok" for r in report.results)
-    return ExitCode.OK if ok else ExitCode.PARTIAL

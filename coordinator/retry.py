@@ -21,8 +21,9 @@ from typing import TypeVar
 
 import grpc
 
+from fedtrace.wire import RENEWS_AT_METADATA
+
 T = TypeVar("T")
-RENEWS_AT_METADATA = "fedtrace-renews-at"  # as node.gate; the coordinator does not import node
 _PERMANENT_UNAVAILABLE = ("Hostname Verification", "CERTIFICATE_VERIFY_FAILED")
 
 

@@ -14,7 +14,7 @@ figures are checked against what the nodes signed, as far as signed terms bound
 them (suppression below ``min_cohort``, the total-only answering set, a count
 never above a signed set size). The figures themselves (decrypted sums, overlap
 counts) are computed by the coordinator, so only the investigator's signature
-covers their values; verify.py checks that one for every kind.
+covers their values; coordinator.certificates.check_investigator checks that one.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from coordinator.verify import ReportVerification, check_node_signature
+from coordinator.figures import Figure, sum_figures
+from coordinator.signatures import ReportVerification, check_node_signature
 from fedtrace.aggregate import COUNT_COLUMN
 from fedtrace.aggregate_transcript import AggregateTranscript, FigureTerms
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
+from fedtrace.v1 import aggregate_pb2
+from fedtrace.wire import NodeStatus
 
 _SCALARS: dict[str, tuple[type, ...]] = {
     "str": (str,),
@@ -117,10 +120,10 @@ def figure_mismatches(
     """Do the figures shown agree with the signed terms: suppression, noise scale, intervals?
 
     ``terms`` lists ``match_count`` first, then the summed columns, as the node signed
-    them. The values themselves are the coordinator's decryption: not checked here.
+    them. The values themselves are the coordinator's decryption: not checked here. A
+    figure listed in ``clamped`` is non-negative and its interval is cut at 0
+    (coordinator.figures).
     """
-    from coordinator.aggregate import Figure
-
     columns = [t.figure for t in terms if t.figure != COUNT_COLUMN]
     count, aggregates = entry.get("match_count"), entry.get("aggregates")
     if not isinstance(aggregates, dict) or sorted(aggregates) != sorted(columns):
@@ -135,7 +138,7 @@ def figure_mismatches(
             problems.append(
                 f"its figures are withheld as {count!r} but the node signed min_cohort {min_cohort}"
             )
-        if "noise_scale" in entry or "interval_95" in entry:
+        if "noise_scale" in entry or "interval_95" in entry or "clamped" in entry:
             problems.append("its withheld figures carry noise scales or intervals")
         return problems
     values = {COUNT_COLUMN: count, **aggregates}
@@ -155,8 +158,13 @@ def figure_mismatches(
     shown_intervals = entry.get("interval_95", {})
     if not isinstance(shown_intervals, dict) or sorted(shown_intervals) != sorted(expected_scale):
         return ["interval_95 does not list exactly the noisy figures"]
+    floored = entry.get("clamped", {})
+    if not isinstance(floored, dict) or not set(floored) <= set(expected_scale):
+        return ["clamped does not list noisy figures only"]
     problems = []
     for term in noisy:
+        if term.figure in floored and values[term.figure] < 0:
+            problems.append(f"{term.figure} is clamped at 0 but shows {values[term.figure]!r}")
         units = _units(values[term.figure], term.decimals)
         if units is None:
             problems.append(
@@ -164,7 +172,9 @@ def figure_mismatches(
                 f"its unit (10^-{term.decimals})"
             )
             continue
-        expected = Figure(units, term.decimals, term.scale, term.half_width_95).interval_95()
+        expected = Figure(
+            units, term.decimals, term.scale, term.half_width_95, term.figure in floored
+        ).interval_95()
         if shown_intervals[term.figure] != expected:
             problems.append(
                 f"interval_95 of {term.figure} shows {shown_intervals[term.figure]!r}"
@@ -176,10 +186,7 @@ def figure_mismatches(
 
 def total_terms(signed: Sequence[AggregateTranscript]) -> list[FigureTerms]:
     """The noise terms of the federation total, from the nodes' signed terms (as the coordinator
-    derives them: coordinator.aggregate.sum_figures)."""
-    from coordinator.aggregate import sum_figures
-    from fedtrace.v1 import aggregate_pb2
-
+    derives them: coordinator.figures.sum_figures)."""
     per_node = []
     for transcript in signed:
         noise = [
@@ -245,8 +252,8 @@ def _check_total(
     report: Mapping[str, Any], signed: Sequence[AggregateTranscript], outcome: ReportVerification
 ) -> None:
     total = report.get("total")
-    if not isinstance(total, dict) or total.get("status") != "ok":
-        if isinstance(total, dict) and total.get("status") == "error":
+    if not isinstance(total, dict) or total.get("status") != NodeStatus.OK:
+        if isinstance(total, dict) and total.get("status") == NodeStatus.ERROR:
             outcome.note(f"total: not computed ({total.get('reason', '')})")
         elif total is not None:
             outcome.fail("total: not a federation total with a status")
@@ -287,7 +294,7 @@ def verify_aggregate_results(
     """Check each aggregate result and the total; the investigators the transcripts name."""
     signed: list[AggregateTranscript] = []
     for result in results:
-        if result.get("status") != "ok":
+        if result.get("status") != NodeStatus.OK:
             _unsigned(result, outcome)
             continue
         transcript = _check_aggregate_result(result, report, ca_pem, outcome)
@@ -434,7 +441,7 @@ def verify_overlap_results(
     signed: dict[str, OverlapTranscript] = {}
     for result in results:
         node, status = str(result.get("node", "?")), result.get("status")
-        if status == "ok":
+        if status == NodeStatus.OK:
             transcript = _check_overlap_result(result, report, ca_pem, outcome)
             if transcript is not None:
                 signed[node] = transcript

@@ -13,10 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedtrace.cli import audit, demo, ids, node, pki, policy, query, report, request
+from fedtrace import __version__
+from fedtrace.cli import audit, console, demo, ids, node, pki, policy, query, report, request
 from fedtrace.errors import FedtraceError
 
-GROUPS = (pki, node, query, ids, demo, policy, audit, report, request)
+GROUPS = (pki, node, query, ids, demo, policy, audit, report, request, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedtrace",
         description="Privacy-preserving federated queries for cross-border asset tracing.",
     )
+    parser.add_argument("--version", action="version", version=f"fedtrace {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(commands)

@@ -1,12 +1,24 @@
-"""Argument values more than one command group parses the same way."""
+"""Arguments more than one command group takes: their parsing, and their one help text each."""
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Iterator, Sequence
 
 from fedtrace.errors import FedtraceError
 
 _REQUEST_ID = re.compile(r"^RQ-[0-9A-F]{10}$")
+
+FEDERATION_HELP = "the federation file: your certificate and key, the CA and the nodes"
+CASE_HELP = "case reference: 1–64 characters of letters, digits and . _ / - (no spaces)"
+LEGAL_BASIS_HELP = (
+    "legal basis code, e.g. MLA, EIO, JIT, FIU-EXCHANGE, COURT-ORDER, TREATY "
+    "(any case; FED.toml [investigator] legal_bases adds codes)"
+)
+DATASET_HELP = "dataset to query, as the nodes name it (e.g. wallets, subjects)"
+FORMAT_HELP = "output format (default: table)"
+OUT_HELP = "write the report here instead of stdout, and print a one-line summary"
 
 
 def parse_fields(text: str | None) -> tuple[str, ...]:
@@ -27,3 +39,41 @@ def parse_request_id(text: str) -> str:
             f"{text!r} is not a request id (RQ- and 10 hex digits, as `node requests` lists them)"
         )
     return value
+
+
+def add_federation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--federation", required=True, metavar="FED.toml", help=FEDERATION_HELP)
+
+
+def add_case(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--case", required=True, metavar="REF", help=CASE_HELP)
+
+
+def add_legal_basis(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    if required:
+        parser.add_argument("--legal-basis", required=True, metavar="B", help=LEGAL_BASIS_HELP)
+    else:
+        parser.add_argument("--legal-basis", default="", metavar="B", help=LEGAL_BASIS_HELP)
+
+
+def add_dataset(parser: argparse.ArgumentParser, metavar: str | None = None) -> None:
+    parser.add_argument("--dataset", required=True, metavar=metavar, help=DATASET_HELP)
+
+
+def add_format(parser: argparse.ArgumentParser, choices: Sequence[str]) -> None:
+    parser.add_argument("--format", choices=tuple(choices), default="table", help=FORMAT_HELP)
+
+
+def add_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="FILE", help=OUT_HELP)
+
+
+def without_help(parser: argparse.ArgumentParser, path: str = "fedtrace") -> Iterator[str]:
+    """Every option or positional of `parser` and its sub-commands that has no help text."""
+    for action in parser._actions:  # argparse offers no public way to walk its tree
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from without_help(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            if not action.help or action.help == argparse.SUPPRESS:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"

@@ -46,7 +46,7 @@ def register(commands: Any) -> None:
         dest="report_command", required=True, metavar="ACTION"
     )
     p = report.add_parser("verify", help="re-check a saved JSON report's signatures")
-    p.add_argument("file", metavar="REPORT.json")
+    p.add_argument("file", metavar="REPORT.json", help="a report saved with --format json")
     p.add_argument("--ca", metavar="CA.pem", help="the federation CA certificate")
     p.add_argument("--federation", metavar="FED.toml", help="take the CA from this file")
     p.add_argument(

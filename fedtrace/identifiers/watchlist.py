@@ -2,7 +2,8 @@
 
 Text files hold one identifier per line (persons as
 ``FULL NAME|DATE OF BIRTH[|DOCUMENT NUMBER]``); blank lines and lines starting
-with ``#`` are ignored. A file is read as CSV when its name ends in ``.csv`` or
+with ``#`` are ignored, and so is a trailing comment: a ``#`` after white space
+(``ADDR  # suspect``). A file is read as CSV when its name ends in ``.csv`` or
 a column is named; it has a header row, and rows whose first cell starts with
 ``#`` are ignored. Invalid rows become problems (line, value, reason), never
 silently dropped. Line numbers are 1-based physical lines of the file.
@@ -11,6 +12,7 @@ silently dropped. Line numbers are 1-based physical lines of the file.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ MAX_ROWS = 1_000_000
 MAX_LINE_CHARS = 10_000
 ADDRESS_COLUMNS = ("address", "wallet", "identifier", "iban")
 PERSON_COLUMNS = ("full_name", "date_of_birth", "document_number")
+_TRAILING_COMMENT = re.compile(r"\s#.*$")
 
 
 class WatchlistError(ValueError):
@@ -79,10 +82,18 @@ def _physical_lines(path: Path) -> Iterator[tuple[int, str]]:
             raise WatchlistError(f"cannot read watchlist {path}: {exc.strerror or exc}") from None
 
 
+def without_comment(line: str) -> str:
+    """A text watchlist line without its comment and surrounding white space ("" if none left)."""
+    content = line.strip()
+    if content.startswith("#"):
+        return ""
+    return _TRAILING_COMMENT.sub("", content).strip()
+
+
 def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     for number, line in _physical_lines(path):
-        content = line.strip()
-        if content and not content.startswith("#"):
+        content = without_comment(line)
+        if content:
             yield number, [content]
 
 

@@ -16,15 +16,18 @@ from typing import Any
 
 import pytest
 
-from coordinator.aggregate import AggregateQuery, GrpcAggregateTransports, run_aggregate
+from coordinator.aggregate import AggregateQuery, run_aggregate
 from coordinator.federation import load_federation
+from coordinator.transport import GrpcConnections as GrpcAggregateTransports
 from fedtrace.demo_data import generate_federation_data
 from fedtrace.dp import half_width_95
+from fedtrace.harness import LocalFederation
 from fedtrace.identifiers import load_watchlist
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
 from node.config import load_node_config
 from node.store import NodeDatabase
-from tests.integration.conftest import NodeProcess, fedtrace
+from tests.integration.conftest import fedtrace
+
+pytestmark = pytest.mark.slow
 
 CODES = ("EE", "SG")
 COLUMNS = ("total_in_eur", "total_out_eur", "tx_count")
@@ -63,11 +66,10 @@ def policy(
     return "\n".join(lines) + "\n"
 
 
-class AggregateFederation:
+class AggregateFederation(LocalFederation):
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nodes: dict[str, NodeProcess] = {}
-        self.fed = root / "federation.toml"
+        super().__init__(root, investigator="FR")
+        self.fed = self.federation_file
         self.versions = 0
 
     def set_policies(self, **kwargs: Any) -> None:
@@ -131,55 +133,15 @@ class AggregateFederation:
 @pytest.fixture(scope="module")
 def agg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AggregateFederation]:
     root = tmp_path_factory.mktemp("aggregates")
-    init_ca(root / "ca")
     data = generate_federation_data(root / "data", CODES, 800, seed=23)
-    fed = AggregateFederation(root)
-    for code in CODES:
-        node_dir = root / "nodes" / code
-        fedtrace(
-            "node",
-            "init",
-            str(node_dir),
-            "--jurisdiction",
-            code,
-            "--ca",
-            str(root / "ca"),
-            check=True,
-        )
-        (node_dir / "policy.toml").write_text(policy(code))
-        fedtrace(
-            "node",
-            "ingest",
-            str(node_dir),
-            str(root / "data" / code / "transactions.csv"),
-            "--table",
-            "transactions",
-            check=True,
-        )
-        fed.nodes[code] = NodeProcess(code, node_dir)
-    issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
-    for node in fed.nodes.values():
-        node.start()
-    lines = [
-        "[investigator]",
-        'name = "FR"',
-        'cert = "investigator/cert.pem"',
-        'key = "investigator/key.pem"',
-        'ca = "ca/ca.pem"',
-        "",
-        "[query]",
-        "deadline_seconds = 60",
-        "",
-    ]
-    for code, node in fed.nodes.items():
-        lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
-    fed.fed.write_text("\n".join(lines))
-    held = sorted(data.wallets["EE"])[:40] + sorted(data.wallets["SG"])[:40]
-    (root / "watchlist.txt").write_text("\n".join(held + data.watchlist(80)) + "\n")
-    yield fed
-    for node in fed.nodes.values():
-        if node.process is not None:
-            node.stop()
+    with AggregateFederation(root) as fed:
+        for code in CODES:
+            fed.add_node(code, policy=policy(code), tables=data.tables(code, ("transactions",)))
+        fed.issue_investigator()
+        fed.start()
+        held = sorted(data.wallets["EE"])[:40] + sorted(data.wallets["SG"])[:40]
+        (root / "watchlist.txt").write_text("\n".join(held + data.watchlist(80)) + "\n")
+        yield fed
 
 
 def _items(agg: AggregateFederation) -> set[str]:
@@ -330,7 +292,7 @@ def test_node_keeps_nothing_it_could_map_to_the_watchlist(agg: AggregateFederati
         def __getattr__(self, name: str) -> Any:
             return getattr(self._inner, name)
 
-        def evaluate(self, requests: Iterator[Any], timeout: float) -> Iterator[Any]:
+        def aggregate_evaluate(self, requests: Iterator[Any], timeout: float) -> Iterator[Any]:
             def tap() -> Iterator[Any]:
                 for message in requests:
                     if message.WhichOneof("part") == "points":
@@ -338,7 +300,7 @@ def test_node_keeps_nothing_it_could_map_to_the_watchlist(agg: AggregateFederati
                         sent.extend(blob[i : i + 32] for i in range(0, len(blob), 32))
                     yield message
 
-            return self._inner.evaluate(tap(), timeout)
+            return self._inner.aggregate_evaluate(tap(), timeout)
 
     outcome = run_aggregate(
         federation,

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.epoch_cache import FilterCache
 from coordinator.federation import load_federation
-from coordinator.match import FilterCache, MatchQuery, run_match
-from coordinator.transport import GrpcTransports
+from coordinator.match import MatchQuery, run_match
+from coordinator.transport import GrpcConnections as GrpcTransports
 from fedtrace.demo_data import DemoData, generate_federation_data
+from fedtrace.harness import LocalNode
 from fedtrace.identifiers import canonical_address
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
 from node import store
 
-from .conftest import INVESTIGATOR, Federation, NodeProcess, fedtrace
+from .conftest import INVESTIGATOR, Federation, fedtrace
 
 pytestmark = pytest.mark.slow
 
@@ -47,47 +48,13 @@ def _policy(code: str) -> str:
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("faults")
-    init_ca(root / "ca")
     data = generate_federation_data(root / "data", CODES, 1_500, seed=23)
-    fed = Federation(root=root, data=data)
-    for code in CODES:
-        node_dir = root / "nodes" / code
-        fedtrace(
-            "node",
-            "init",
-            str(node_dir),
-            "--jurisdiction",
-            code,
-            "--ca",
-            str(root / "ca"),
-            check=True,
-        )
-        (node_dir / "policy.toml").write_text(_policy(code))
-        for table in ("transactions", "subjects", "subject_wallets"):
-            fedtrace(
-                "node",
-                "ingest",
-                str(node_dir),
-                str(root / "data" / code / f"{table}.csv"),
-                "--table",
-                table,
-                check=True,
-            )
-        fed.nodes[code] = NodeProcess(code, node_dir)
-    issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    for node in fed.nodes.values():
-        node.start()
-    fed.write_fed()
-    text = (
-        (root / "federation.toml")
-        .read_text()
-        .replace("deadline_seconds = 60", "deadline_seconds = 40")
-    )
-    (root / "federation.toml").write_text(text)
-    yield fed
-    for node in fed.nodes.values():
-        if node.process is not None:
-            node.stop()
+    with Federation(root, data, deadline_seconds=40) as fed:
+        for code in CODES:
+            fed.add_node(code, policy=_policy(code), tables=data.tables(code))
+        fed.issue_investigator()
+        fed.start()
+        yield fed
 
 
 def _oracle(data: DemoData, items: list[str], code: str) -> list[str]:
@@ -127,7 +94,7 @@ def _cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _when_busy(node: NodeProcess, action: object, timeout: float = 30.0) -> threading.Thread:
+def _when_busy(node: LocalNode, action: object, timeout: float = 30.0) -> threading.Thread:
     """Run `action` once the node process has burnt CPU on the query (it is mid-evaluation)."""
     assert node.process is not None
     pid = node.process.pid
@@ -144,14 +111,9 @@ def _when_busy(node: NodeProcess, action: object, timeout: float = 30.0) -> thre
     return thread
 
 
-def _reap(node: NodeProcess) -> int:
+def _reap(node: LocalNode) -> int:
     """Wait for a node process that was signalled, close its pipe, return its exit status."""
-    assert node.process is not None
-    code = node.process.wait(timeout=60)
-    if node.process.stdout is not None:
-        node.process.stdout.close()
-    node.process = None
-    return code
+    return node.reap(timeout=60)
 
 
 def _match_cli(fed: Federation, watchlist: Path) -> subprocess.Popen[str]:

@@ -134,7 +134,7 @@ def test_node_refuses_a_client_certificate_from_another_ca(federation: Federatio
     import grpc
 
     from coordinator.federation import NodeEntry
-    from coordinator.transport import GrpcTransport
+    from coordinator.transport import GrpcConnection as GrpcTransport
 
     root = federation.root
     transport = GrpcTransport(
@@ -147,7 +147,7 @@ def test_node_refuses_a_client_certificate_from_another_ca(federation: Federatio
         transport.info(10)
     transport.close()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    from coordinator.match import rpc_failure
+    from coordinator.results import rpc_failure
 
     result = rpc_failure(NodeEntry("EE", "x"), caught.value)
     assert result.status == "error" and result.reason.startswith("UNAUTHENTICATED:")

@@ -12,10 +12,12 @@ import duckdb
 import pytest
 
 from fedtrace.demo_data import generate_federation_data
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
+from fedtrace.harness import LocalFederation, LocalNode
 from node.audit import AUDIT_DIR, entries
 from node.store import NodeDatabase
-from tests.integration.conftest import NodeProcess, fedtrace
+from tests.integration.conftest import fedtrace
+
+pytestmark = pytest.mark.slow
 
 CASE = "CASE-9"
 UNHELD = "0x52908400098527886e0f7030069857d2e4169ee7"  # valid EIP-55, in no dataset here
@@ -39,7 +41,7 @@ preservation_days_max = 60
 @dataclass
 class Setup:
     root: Path
-    node: NodeProcess
+    node: LocalNode
     fed: Path
     held: list[str]  # wallets EE holds, with a linked subject first
     oracle: dict[str, dict[str, object]]
@@ -80,55 +82,36 @@ def _oracle(database: Path) -> tuple[list[str], dict[str, dict[str, object]]]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("followup")
-    init_ca(root / "ca")
-    generate_federation_data(root / "data", ("EE",), 400, seed=5)
-    node_dir = root / "EE"
-    fedtrace(
-        "node", "init", str(node_dir), "--jurisdiction", "EE", "--ca", str(root / "ca"), check=True
-    )
-    (node_dir / "policy.toml").write_text(POLICY)
-    for table in ("transactions", "subjects", "subject_wallets"):
-        fedtrace(
-            "node",
-            "ingest",
-            str(node_dir),
-            str(root / "data" / "EE" / f"{table}.csv"),
-            "--table",
-            table,
-            check=True,
+    data = generate_federation_data(root / "data", ("EE",), 400, seed=5)
+    with LocalFederation(root, deadline_seconds=None) as federation:
+        node = federation.add_node(
+            "EE", policy=POLICY, tables=data.tables("EE"), node_dir=root / "EE"
         )
-    held, oracle = _oracle(node_dir / "node.duckdb")
-    issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
-    node = NodeProcess("EE", node_dir)
-    address = node.start()
-    fed = root / "federation.toml"
-    fed.write_text(
-        '[investigator]\nname = "FR"\ncert = "investigator/cert.pem"\n'
-        'key = "investigator/key.pem"\nca = "ca/ca.pem"\n\n'
-        f'[[node]]\nname = "EE"\naddress = "{address}"\n'
-    )
-    watchlist = root / "watchlist.txt"
-    watchlist.write_text("\n".join(held) + "\n")
-    done = fedtrace(
-        "query",
-        "match",
-        "--federation",
-        str(fed),
-        "--watchlist",
-        str(watchlist),
-        "--dataset",
-        "wallets",
-        "--case",
-        CASE,
-        "--legal-basis",
-        "MLA",
-        "--format",
-        "json",
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["results"][0]["match_count"] == len(held)
-    yield Setup(root, node, fed, held, oracle)
-    node.stop()
+        held, oracle = _oracle(node.database)
+        federation.issue_investigator()
+        federation.start()
+        fed = federation.federation_file
+        watchlist = root / "watchlist.txt"
+        watchlist.write_text("\n".join(held) + "\n")
+        done = fedtrace(
+            "query",
+            "match",
+            "--federation",
+            str(fed),
+            "--watchlist",
+            str(watchlist),
+            "--dataset",
+            "wallets",
+            "--case",
+            CASE,
+            "--legal-basis",
+            "MLA",
+            "--format",
+            "json",
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["results"][0]["match_count"] == len(held)
+        yield Setup(root, node, fed, held, oracle)
 
 
 def _request(s: Setup, kind: str, item: str, *extra: str, case: str = CASE) -> tuple[int, dict]:

@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 
-from coordinator.verify import sign_report
+from coordinator.signatures import sign_report
 from fedtrace.demo_data import generate_federation_data
-from fedtrace.pki import ROLE_INVESTIGATOR, ROLE_NODE, init_ca, issue
-from tests.integration.conftest import NodeProcess, fedtrace
+from fedtrace.harness import LocalFederation
+from fedtrace.pki import ROLE_NODE, init_ca, issue
+from tests.integration.conftest import fedtrace
+
+pytestmark = pytest.mark.slow
 
 CODES = ("EE", "SG")
 COLUMNS = ("total_in_eur", "tx_count")
@@ -86,51 +89,13 @@ class Saved:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
     root = tmp_path_factory.mktemp("verify-kinds")
-    init_ca(root / "ca")
     data = generate_federation_data(root / "data", CODES, 400, seed=31)
-    nodes: dict[str, NodeProcess] = {}
-    for code in CODES:
-        node_dir = root / "nodes" / code
-        fedtrace(
-            "node",
-            "init",
-            str(node_dir),
-            "--jurisdiction",
-            code,
-            "--ca",
-            str(root / "ca"),
-            check=True,
-        )
-        (node_dir / "policy.toml").write_text(_policy(code))
-        fedtrace(
-            "node",
-            "ingest",
-            str(node_dir),
-            str(root / "data" / code / "transactions.csv"),
-            "--table",
-            "transactions",
-            check=True,
-        )
-        nodes[code] = NodeProcess(code, node_dir)
-    issue(root / "ca", root / "investigator", name="FR", role=ROLE_INVESTIGATOR)
-    try:
-        for node in nodes.values():
-            node.start()
-        lines = [
-            "[investigator]",
-            'name = "FR"',
-            'cert = "investigator/cert.pem"',
-            'key = "investigator/key.pem"',
-            'ca = "ca/ca.pem"',
-            "",
-            "[query]",
-            "deadline_seconds = 60",
-            "",
-        ]
-        for code, node in nodes.items():
-            lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
-        fed = root / "federation.toml"
-        fed.write_text("\n".join(lines))
+    with LocalFederation(root, investigator="FR") as local:
+        for code in CODES:
+            local.add_node(code, policy=_policy(code), tables=data.tables(code, ("transactions",)))
+        local.issue_investigator()
+        local.start()
+        fed = local.federation_file
         held = sorted(data.wallets["EE"])[:30] + sorted(data.wallets["SG"])[:30]
         watchlist = root / "watchlist.txt"
         watchlist.write_text("\n".join(held + data.watchlist(20)) + "\n")
@@ -179,10 +144,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
         assert done.returncode == 0, done.stderr
         reports["overlap"] = json.loads(out.read_text())
         yield Saved(root, reports["aggregate"], reports["total"], reports["overlap"])
-    finally:
-        for node in nodes.values():
-            if node.process is not None:
-                node.stop()
 
 
 @pytest.mark.parametrize("kind", ["aggregate", "total", "overlap"])

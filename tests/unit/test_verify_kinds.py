@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.verify import ReportVerification, sign_report, verify_report
+from coordinator.signatures import ReportVerification, check_node_signature, sign_report
+from coordinator.verify import verify_report
 from coordinator.verify_kinds import (
-    check_node_signature,
     figure_mismatches,
     load_aggregate_transcript,
     load_overlap_transcript,

@@ -1,0 +1,118 @@
+"""Signatures over reports: the investigator signs each report; verifiers check node transcripts.
+
+`sign_report` adds `investigator_signature` over everything else in a report;
+`check_node_signature` checks one node's signature over any kind of transcript it
+signs (match, aggregate, overlap); `ReportVerification` collects what a verifier
+found, line by line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fedtrace.aggregate_transcript import AggregateTranscript
+from fedtrace.overlap_transcript import OverlapTranscript
+from fedtrace.pki import (
+    ROLE_NODE,
+    Identity,
+    InvalidCertificate,
+    PkiError,
+    sign,
+    verify_issued_by,
+    verify_signature,
+)
+from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
+
+# Every kind of transcript a node signs; check_node_signature checks any of them.
+SignedTranscript = TypeVar("SignedTranscript", Transcript, AggregateTranscript, OverlapTranscript)
+
+REPORT_DOMAIN = b"fedtrace-report-v1\x00"
+INVESTIGATOR_SIGNATURE = "investigator_signature"
+
+
+def report_digest(report: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in report.items() if k != INVESTIGATOR_SIGNATURE}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(REPORT_DOMAIN + canonical.encode("utf-8")).digest()
+
+
+def sign_report(report: dict[str, Any], key_pem: bytes, cert_pem: bytes) -> dict[str, Any]:
+    """The report with the investigator's signature over everything else in it."""
+    digest = report_digest(report)
+    return {
+        **report,
+        INVESTIGATOR_SIGNATURE: {
+            "algorithm": SIGNATURE_ALGORITHM,
+            "report_sha256": digest.hex(),
+            "value": sign(key_pem, digest).hex(),
+            "certificate_pem": cert_pem.decode(),
+        },
+    }
+
+
+@dataclass
+class ReportVerification:
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        self.lines.append(f"FAIL  {message}")
+
+    def note(self, message: str) -> None:
+        self.lines.append(f"ok    {message}")
+
+
+def check_node_signature(
+    node: str,
+    signature: object,
+    load: Callable[[object], SignedTranscript],
+    ca_pem: bytes,
+    outcome: ReportVerification,
+) -> tuple[SignedTranscript, Identity] | None:
+    """The transcript the node signed, when digest, certificate and signature all hold."""
+    if not isinstance(signature, dict):
+        outcome.fail(f"{node}: an ok result without the node's signature")
+        return None
+    try:
+        transcript = load(signature.get("transcript"))
+    except ValueError as exc:
+        outcome.fail(f"{node}: {exc}")
+        return None
+    if signature.get("algorithm") != SIGNATURE_ALGORITHM:
+        outcome.fail(f"{node}: unknown signature algorithm {signature.get('algorithm')!r}")
+        return None
+    digest = transcript.digest()
+    if signature.get("transcript_sha256") != digest.hex():
+        outcome.fail(f"{node}: the transcript was altered (its digest does not match)")
+        return None
+    cert = str(signature.get("certificate_pem", "")).encode()
+    when = dt.datetime.fromtimestamp(transcript.timestamp_unix_ms / 1000, dt.UTC)
+    try:
+        identity = verify_issued_by(cert, ca_pem, at=when)
+    except (InvalidCertificate, PkiError) as exc:
+        outcome.fail(f"{node}: the signing certificate does not chain to the federation CA: {exc}")
+        return None
+    if identity.role != ROLE_NODE or identity.jurisdiction != node:
+        outcome.fail(f"{node}: signed by {identity.describe()}, not by node {node}")
+        return None
+    try:
+        valid = verify_signature(cert, digest, bytes.fromhex(str(signature.get("value", ""))))
+    except ValueError:
+        valid = False
+    if not valid:
+        outcome.fail(
+            f"{node}: the signature is not {node}'s signature over this transcript "
+            "(forged or altered)"
+        )
+        return None
+    return transcript, identity

@@ -1,0 +1,58 @@
+"""`fedtrace --version`, and a help text on every option of the investigator's commands."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from fedtrace import __version__
+from fedtrace.cli import build_parser, main
+from fedtrace.cli.args import without_help
+
+# The command groups an investigator uses; every option and argument in them has help.
+INVESTIGATOR_GROUPS = ("query", "request", "report", "id")
+
+
+def _group(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    group: argparse.ArgumentParser = commands.choices[name]
+    return group
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fedtrace {__version__}\n"
+
+
+@pytest.mark.parametrize("name", INVESTIGATOR_GROUPS)
+def test_every_option_has_help(name: str) -> None:
+    parser = build_parser()
+    assert list(without_help(_group(parser, name), f"fedtrace {name}")) == []
+
+
+def test_the_root_options_have_help() -> None:
+    root = build_parser()
+    options = [a for a in root._actions if not isinstance(a, argparse._SubParsersAction)]
+    assert {o.dest for o in options} == {"help", "version"} and all(o.help for o in options)
+
+
+def test_the_walk_finds_an_option_without_help() -> None:
+    parser = argparse.ArgumentParser(prog="x")
+    sub = parser.add_subparsers().add_parser("y")
+    sub.add_argument("--with", help="has help")
+    sub.add_argument("--without")
+    sub.add_argument("value")
+    assert list(without_help(parser, "x")) == ["x y --without", "x y value"]
+
+
+def test_query_match_help_says_what_a_case_and_legal_basis_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["query", "match", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--case REF case reference: 1–64 characters of letters, digits and . _ / -" in text
+    assert "--legal-basis B legal basis code, e.g. MLA, EIO, JIT" in text
