@@ -27,6 +27,7 @@ import grpc
 from coordinator.checks import check_dataset
 from coordinator.epoch_cache import cache_base
 from coordinator.federation import Federation, NodeEntry
+from coordinator.progress import Progress, silent
 from coordinator.transport import Connections
 
 INFO_TIMEOUT_SECONDS = 10.0
@@ -131,10 +132,12 @@ def require_dataset(
     entries: Sequence[NodeEntry],
     connections: Connections,
     timeout: float = INFO_TIMEOUT_SECONDS,
+    progress: Progress = silent,
 ) -> None:
     """Nothing when a selected node offers `dataset` (or none can say); else QueryUsageError."""
     if any(dataset in names for names in catalogue.known(entries).values()):
         return
+    progress("*", "asking the nodes which datasets they offer")
     catalogue.refresh(entries, connections, timeout)
     known = catalogue.known(entries)
     if not known:

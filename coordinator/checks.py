@@ -15,11 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from fedtrace.errors import ConfigError, FedtraceError
-
-CASE_REF_MAX = 64
-CASE_REF = re.compile(rf"^[A-Za-z0-9._/-]{{1,{CASE_REF_MAX}}}$")
-LEGAL_BASIS_MAX = 32
-LEGAL_BASIS = re.compile(rf"^[A-Z0-9._-]{{1,{LEGAL_BASIS_MAX}}}$")
+from fedtrace.wire import CASE_REF, CASE_REF_MAX, LEGAL_BASIS, LEGAL_BASIS_MAX
 
 # Legal bases every investigator may name; FED.toml `[investigator] legal_bases` adds more.
 KNOWN_LEGAL_BASES = (
@@ -46,7 +42,7 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 
 def check_case(case: str) -> str:
     """The case reference, or QueryUsageError saying what one looks like."""
-    if CASE_REF.match(case):
+    if CASE_REF.fullmatch(case):
         return case
     if not case:
         problem = "is empty"
@@ -81,7 +77,7 @@ def check_legal_bases(codes: Sequence[str], where: str) -> tuple[str, ...]:
     out = []
     for code in codes:
         normal = code.strip().upper()
-        if not LEGAL_BASIS.match(normal):
+        if not LEGAL_BASIS.fullmatch(normal):
             raise ConfigError(
                 f"{where}: legal basis {code!r} must be 1–{LEGAL_BASIS_MAX} letters, digits "
                 "and . _ -"

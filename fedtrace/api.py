@@ -26,7 +26,7 @@ from typing import Any
 from coordinator.aggregate import AggregateQuery, run_aggregate
 from coordinator.aggregate_report import aggregate_report_json, render_aggregate
 from coordinator.case_record import case_record, case_record_html
-from coordinator.catalogue import DatasetCatalogue, require_dataset
+from coordinator.catalogue import INFO_TIMEOUT_SECONDS, DatasetCatalogue, require_dataset
 from coordinator.certificates import ensure_investigator_certificate
 from coordinator.checks import QueryUsageError, check_case, legal_basis_code
 from coordinator.epoch_cache import FilterCache, TagCache
@@ -319,7 +319,8 @@ class FederationClient:
         return check_case(case), legal_basis_code(legal_basis, self.federation.legal_bases)
 
     def _require_dataset(self, dataset: str, entries: Sequence[NodeEntry]) -> None:
-        require_dataset(self._datasets, dataset, entries, self._connections)
+        timeout = min(INFO_TIMEOUT_SECONDS, self.federation.deadline_seconds)
+        require_dataset(self._datasets, dataset, entries, self._connections, timeout, self.progress)
 
     @staticmethod
     def _watchlist(items: Sequence[str] | CheckedWatchlist, kind: str) -> CheckedWatchlist:

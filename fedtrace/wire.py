@@ -9,6 +9,7 @@ which trailer carries the renewal time of an exhausted limit.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator
 
 from fedtrace.errors import ConfigError
@@ -20,6 +21,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 POINTS_PER_BATCH = 65_536
 # Filter and position-tag bytes per streamed message.
 CHUNK_BYTES = 1 << 20
+
+# The free-text fields of every QueryContext, bounded alike on both sides: the coordinator
+# refuses a bad value before sending it, the node before anything is written (docs/reports.md).
+CASE_REF_MAX = 64
+CASE_REF = re.compile(rf"[A-Za-z0-9._/-]{{1,{CASE_REF_MAX}}}")  # use with fullmatch
+LEGAL_BASIS_MAX = 32
+LEGAL_BASIS = re.compile(rf"[A-Za-z0-9._-]{{1,{LEGAL_BASIS_MAX}}}")  # compared upper-cased
 
 # Trailing metadata on a RESOURCE_EXHAUSTED refusal: when the exhausted limit renews (UTC).
 RENEWS_AT_METADATA = "fedtrace-renews-at"

@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 
-CASE_REF_MAX = 64
-LEGAL_BASIS_MAX = 32
+from fedtrace.wire import CASE_REF, CASE_REF_MAX, LEGAL_BASIS, LEGAL_BASIS_MAX
+
 DATASET_MAX = 63
 NONCE_HEX_MAX = 128  # 64 bytes; the replay guard wants 16
 REASON_MAX = 400  # characters of a refusal's reason kept in the audit trail
 
-CASE_REF = re.compile(r"^[A-Za-z0-9._/-]{1,64}$")
-LEGAL_BASIS = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 DATASET = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 NONCE_HEX = re.compile(r"^[0-9a-f]{0,128}$")
 _PRINTABLE = re.compile(r"[^A-Za-z0-9._/-]")

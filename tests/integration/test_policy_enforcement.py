@@ -162,15 +162,19 @@ def test_rate_limit_and_item_budget_survive_a_restart(policy_federation: PolicyF
     assert fed.node.stop() == 0
     fed.node.start()
     status, result = fed.match("SG", 100)
-    assert status == 3 and result["status"] == "error"
+    # An exhausted limit is the policy refusing for now: denied, with when it renews.
+    assert status == 3 and result["status"] == "denied"
     reason = str(result["reason"])
-    assert reason.startswith("RESOURCE_EXHAUSTED:") and "item budget" in reason
+    assert reason.startswith("item budget used up; renews at 20")
+    assert "RESOURCE_EXHAUSTED:" in reason and "item budget" in reason
     assert "200 of 250 items per 30d used" in reason and "renews at 20" in reason
     status, result = fed.match("SG", 10)  # 210 items, third query: fits
     assert status == 0, result
     status, result = fed.match("SG", 10)  # a fourth query today does not
+    assert result["status"] == "denied"
     reason = str(result["reason"])
-    assert reason.startswith("RESOURCE_EXHAUSTED:") and "rate limit" in reason
+    assert reason.startswith("rate limit used up; renews at 20")
+    assert "RESOURCE_EXHAUSTED:" in reason and "rate limit" in reason
     assert "3 of 3 queries per day used" in reason and "renews at 20" in reason
     refusals = [e for e in fed.audit_lines() if e.get("code") == "RESOURCE_EXHAUSTED"]
     assert len(refusals) == 2 and all(e["renews_at"] for e in refusals)

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -325,6 +325,16 @@ def test_partner_without_a_grant_is_denied(node: tuple[InMemoryFederation, set[s
     result = _run(node, "NL", [eth(1)])
     assert result.status == "denied"
     assert "grants NL no match access to dataset 'wallets'" in result.reason
+
+
+def test_a_client_that_skips_the_local_checks_meets_the_nodes_own_refusal(
+    node: tuple[InMemoryFederation, set[str]],
+) -> None:
+    memory, _ = node
+    query = replace(_query("FR", [eth(1)]), dataset="walets")
+    [result] = run_match(memory.federation("FR"), query, memory.connections("FR"), memory.ca_pem)
+    assert result.status == "error"
+    assert "has no dataset 'walets'" in result.reason
 
 
 def test_over_the_item_limit_is_denied(node: tuple[InMemoryFederation, set[str]]) -> None:
