@@ -119,10 +119,14 @@ _EXPORT_KEYS = {
 
 
 def verify_case_record(
-    document: dict[str, Any], ca_pem: bytes, *, require_investigator_signature: bool = True
+    document: dict[str, Any],
+    ca_pem: bytes,
+    *,
+    require_investigator_signature: bool = True,
+    revoked: RevocationList | None = None,
 ) -> ReportVerification:
     """Check an exported case record: the node's signature over the record, then the document's."""
-    outcome = ReportVerification()
+    outcome = ReportVerification(revoked=revoked)
     unknown = sorted(set(document) - _EXPORT_KEYS)
     if unknown:
         outcome.fail(f"the case record holds fields no signature covers: {', '.join(unknown)}")
@@ -142,6 +146,7 @@ def verify_case_record(
             bytes.fromhex(str(signature.get("value", ""))),
             str(signature.get("certificate_pem", "")).encode(),
             ca_pem,
+            revoked,
         )
     except (ValueError, TypeError) as exc:
         outcome.fail(f"{node}: {exc}")

@@ -112,6 +112,8 @@ def check_investigator(
             f"the nodes answered ({', '.join(sorted(investigators)) or '?'})"
         )
         return
+    if outcome.is_revoked("the investigator", identity):
+        return
     try:
         valid = verify_signature(cert, digest, bytes.fromhex(str(signature.get("value", ""))))
     except ValueError:

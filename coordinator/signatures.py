@@ -26,6 +26,7 @@ from fedtrace.pki import (
     verify_issued_by,
     verify_signature,
 )
+from fedtrace.revocation import RevocationList
 from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
 
 # Every kind of transcript a node signs; check_node_signature checks any of them.
@@ -59,6 +60,8 @@ def sign_report(report: dict[str, Any], key_pem: bytes, cert_pem: bytes) -> dict
 class ReportVerification:
     lines: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # The federation's signed revocation list: a signature by a revoked certificate fails.
+    revoked: RevocationList | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +73,17 @@ class ReportVerification:
 
     def note(self, message: str) -> None:
         self.lines.append(f"ok    {message}")
+
+    def is_revoked(self, who: str, identity: Identity) -> bool:
+        """Fail (and say so) when `identity`'s certificate is in the revocation list."""
+        entry = self.revoked.find(identity) if self.revoked is not None else None
+        if entry is None:
+            return False
+        self.fail(
+            f"{who}: signed with a certificate the federation revoked at {entry.revoked_at} "
+            f"({identity.describe()}{'; ' + entry.reason if entry.reason else ''})"
+        )
+        return True
 
 
 def check_node_signature(
@@ -104,6 +118,8 @@ def check_node_signature(
         return None
     if identity.role != ROLE_NODE or identity.jurisdiction != node:
         outcome.fail(f"{node}: signed by {identity.describe()}, not by node {node}")
+        return None
+    if outcome.is_revoked(node, identity):
         return None
     try:
         valid = verify_signature(cert, digest, bytes.fromhex(str(signature.get("value", ""))))

@@ -35,6 +35,7 @@ from coordinator.signatures import ReportVerification, check_node_signature
 from coordinator.verify_kinds import verify_aggregate_results, verify_overlap_results
 from fedtrace.errors import ConfigError
 from fedtrace.followup import EXPORT_DOCUMENT
+from fedtrace.revocation import RevocationList
 from fedtrace.transcript import Transcript
 from fedtrace.wire import Level, NodeStatus
 
@@ -112,13 +113,21 @@ def _check_result(
 
 
 def verify_report(
-    report: Mapping[str, Any], ca_pem: bytes, *, require_investigator_signature: bool = True
+    report: Mapping[str, Any],
+    ca_pem: bytes,
+    *,
+    require_investigator_signature: bool = True,
+    revoked: RevocationList | None = None,
 ) -> ReportVerification:
+    """Every signature in a saved report; with `revoked`, no signer may be revoked."""
     if report.get("document") == EXPORT_DOCUMENT:  # docs/requests.md
         return verify_case_record(
-            dict(report), ca_pem, require_investigator_signature=require_investigator_signature
+            dict(report),
+            ca_pem,
+            require_investigator_signature=require_investigator_signature,
+            revoked=revoked,
         )
-    outcome = ReportVerification()
+    outcome = ReportVerification(revoked=revoked)
     results = report.get("results")
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         outcome.fail("not a fedtrace report: no 'results' list")

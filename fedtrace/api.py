@@ -279,7 +279,11 @@ class FederationClient:
         self._cert_pem = grpc_connections.cert_pem
         self._owned = grpc_connections if connections is None else None
         self._connections: Connections = connections or grpc_connections
-        revoked = load_revocations(federation.revoked) if federation.revoked else None
+        revoked = (
+            load_revocations(federation.revoked, ca_pem=grpc_connections.ca_pem)
+            if federation.revoked
+            else None
+        )
         self._trust = NodeTrust(grpc_connections.ca_pem, revoked)
         self.progress = progress
         self._filters = filters if filters is not None else FilterCache.default()

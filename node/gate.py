@@ -34,13 +34,11 @@ from typing import Any, Protocol
 import grpc
 
 from fedtrace.pki import Identity
-from fedtrace.wire import RENEWS_AT_FORMAT, Level
+from fedtrace.wire import CASE_REF, LEGAL_BASIS, RENEWS_AT_FORMAT, Level
 from node import budget
 from node.audit import AuditError, AuditLog
 from node.bounds import (
-    CASE_REF,
     DATASET,
-    LEGAL_BASIS,
     NONCE_HEX,
     bounded,
     bounded_reason,
@@ -302,6 +300,72 @@ class Gate:
             )
             if outcome is Outcome.REFUSED:
                 self.metrics.refused(refusal_reason(code.name))
+
+    def charge_more(self, admission: Admission, items: int) -> None:
+        """Add `items` to an admitted request's charge: a later step of it tests more items.
+
+        The request's ledger row is replaced by one for all its items, checked against
+        the limits of the policy in force; when they do not fit, the row stays as it
+        was and the usual limit refusal (QueryRefused) is raised. The caller audits.
+        """
+        if items <= 0:
+            return
+        j = self._config.jurisdiction
+        identity, total = admission.identity, admission.item_count + items
+        facts = RequestFacts(
+            partner=identity.jurisdiction,
+            role=identity.role,
+            kind=admission.kind,
+            dataset=admission.dataset,
+            asked=admission.asked,
+            item_count=total,
+            case_ref=admission.context.case_ref,
+            legal_basis=legal_basis_code(admission.context.legal_basis),
+            columns=admission.columns,
+            epsilon=admission.cost.epsilon,
+        )
+        now = self._clock()
+        decision = decide(self._policies.current(), facts, now)
+        if not decision.allowed or decision.grant is None:
+            raise QueryRefused(
+                _CODES.get(decision.code, grpc.StatusCode.PERMISSION_DENIED), decision.reason
+            )
+        cost = budget.Charge(admission.cost.queries, total, admission.cost.epsilon)
+        try:
+            with self._ledger, self._database.session() as con:
+                budget.ensure_schema(con)
+                before = con.execute(
+                    "SELECT * FROM policy_usage WHERE request_id = ?", [admission.request_id]
+                ).fetchone()
+                budget.refund(con, admission.request_id)
+                limits, exhausted = budget.charge(
+                    con,
+                    request_id=admission.request_id,
+                    partner=identity.jurisdiction,
+                    dataset=admission.dataset,
+                    kind=admission.kind.value,
+                    grants=decision.limiting or (decision.grant,),
+                    cost=cost,
+                    now=now,
+                )
+                if exhausted is not None and before is not None:
+                    con.execute(
+                        "INSERT INTO policy_usage VALUES (?, ?, ?, ?, ?, ?, ?)", list(before)
+                    )
+        except Exception as exc:  # noqa: BLE001 - a ledger we cannot write answers nothing
+            log.error("usage ledger unavailable: %s", exc)
+            raise QueryRefused(
+                grpc.StatusCode.UNAVAILABLE, f"{j} cannot record usage right now; retry shortly"
+            ) from None
+        if exhausted is not None:
+            message = exhausted_message(exhausted, identity.jurisdiction, j, admission.dataset)
+            reason = refusal_for_limit(exhausted.name)
+            if exhausted.renews_at is None:
+                raise QueryRefused(grpc.StatusCode.PERMISSION_DENIED, message, reason=reason)
+            raise QueryRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, message, exhausted.renews_at, reason=reason
+            )
+        admission.item_count, admission.cost, admission.limits = total, cost, limits
 
     def refuse(
         self,

@@ -18,18 +18,28 @@ def _report_verify(args: argparse.Namespace) -> int:
             "report verify needs the federation CA: pass --ca CA.pem or "
             "--federation FED.toml (one of them)"
         )
+    from fedtrace.revocation import load_revocations
+
+    revoked_path = Path(args.revoked) if args.revoked else None
     if args.ca:
         ca_path = Path(args.ca)
     else:
         from coordinator.federation import load_federation
 
-        ca_path = load_federation(Path(args.federation)).ca
+        federation = load_federation(Path(args.federation))
+        ca_path = federation.ca
+        revoked_path = revoked_path or federation.revoked
     try:
         ca_pem = ca_path.read_bytes()
     except OSError as exc:
         raise FedtraceError(f"{ca_path}: cannot read the federation CA: {exc.strerror}") from None
+    # A revocation list is trusted only with the CA's signature beside it.
+    revoked = load_revocations(revoked_path, ca_pem=ca_pem) if revoked_path else None
     outcome = verify_report(
-        load_report(Path(args.file)), ca_pem, require_investigator_signature=not args.nodes_only
+        load_report(Path(args.file)),
+        ca_pem,
+        require_investigator_signature=not args.nodes_only,
+        revoked=revoked,
     )
     for line in outcome.lines:
         print(line)
@@ -48,7 +58,17 @@ def register(commands: Any) -> None:
     p = report.add_parser("verify", help="re-check a saved JSON report's signatures")
     p.add_argument("file", metavar="REPORT.json", help="a report saved with --format json")
     p.add_argument("--ca", metavar="CA.pem", help="the federation CA certificate")
-    p.add_argument("--federation", metavar="FED.toml", help="take the CA from this file")
+    p.add_argument(
+        "--federation",
+        metavar="FED.toml",
+        help="take the CA (and the revocation list, if it names one) from this file",
+    )
+    p.add_argument(
+        "--revoked",
+        metavar="revoked.toml",
+        help="the federation's signed revocation list: a signature by a revoked certificate "
+        "fails (the CA's signature revoked.toml.sig must lie beside it)",
+    )
     p.add_argument(
         "--nodes-only",
         action="store_true",

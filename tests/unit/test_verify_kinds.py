@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from coordinator.verify_kinds import (
 from fedtrace.aggregate_transcript import AggregateTranscript, FigureTerms
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import ROLE_INVESTIGATOR, ROLE_NODE, init_ca, issue, sign
+from fedtrace.revocation import load_revocations, revoke
 from fedtrace.transcript import SIGNATURE_ALGORITHM
 
 
@@ -271,3 +273,24 @@ def test_a_synthetic_overlap_report_verifies_and_a_forged_size_does_not(pki: Pat
     report["results"][1]["set_size"] = 70
     outcome = verify_report(sign_report(report, key, cert), ca)
     assert outcome.failures == ["SG: set_size shows 70 but the node signed 7"]
+
+
+def test_a_signature_by_a_revoked_certificate_fails_report_verify(
+    pki: Path, tmp_path: Path
+) -> None:
+    """Revocation holds on the report-verify path too, with the CA-signed list only."""
+    ca_dir = tmp_path / "ca"
+    shutil.copytree(pki / "ca", ca_dir)
+    ca = (ca_dir / "ca.pem").read_bytes()
+    transcript = _aggregate()
+    signature = _signature(pki, "EE", transcript)
+    revoke(ca_dir, cert=pki / "EE" / "cert.pem", reason="key compromise")
+    revoked = load_revocations(ca_dir / "revoked.toml", ca_pem=ca)
+    outcome = ReportVerification(revoked=revoked)
+    assert check_node_signature("EE", signature, load_aggregate_transcript, ca, outcome) is None
+    assert outcome.failures[0].startswith("EE: signed with a certificate the federation revoked at")
+    assert "key compromise" in outcome.failures[0]
+    # Without the list the same signature verifies: the list is what refuses it.
+    assert check_node_signature(
+        "EE", signature, load_aggregate_transcript, ca, ReportVerification()
+    )
