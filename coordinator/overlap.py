@@ -75,6 +75,7 @@ class OverlapNodeResult:
     signature: dict[str, Any] | None = None
     seconds: float = 0.0
     certificate_pem: bytes = field(default=b"", repr=False)
+    join_signature: bytes = field(default=b"", repr=False)  # forwarded to the others at open
 
 
 @dataclass
@@ -114,6 +115,10 @@ class ConnectionOverlapPeer:
         self._lock = threading.Lock()
         self.plan: overlap_protocol.OverlapPlan | None = None
         self.sizes: dict[str, int] = {}
+        self.joins: list[overlap_pb2.OverlapJoinProof] = []  # every member's, shown at open
+        # Every origin's commitment to its initial set (shared by all peers of one overlap),
+        # forwarded with each Relay header.
+        self.commitments: dict[str, overlap_pb2.OverlapCommitment] = {}
         self.shared_records: int | None = None
         self.close_response: overlap_pb2.OverlapCloseResponse | None = None
         self.nonce = b""
@@ -172,12 +177,15 @@ class ConnectionOverlapPeer:
                 overlap_pb2.OverlapOrigin(origin=code, size=self.sizes[code])
                 for code in plan.roster
             ],
+            joins=self.joins,
         )
         try:
             response = self._connection.overlap_open(request, self._timeout())
         except grpc.RpcError as exc:
             self._record(exc)
             raise
+        with self._lock:
+            self.commitments[self.entry.name] = response.commitment
         return int(response.set_size)
 
     def initial(self, overlap_id: str) -> Iterator[bytes]:
@@ -195,6 +203,7 @@ class ConnectionOverlapPeer:
             origin=origin,
             hop=self.plan.hop_of(self.entry.name, origin),
             expected_points=expected_points,
+            commitment=self.commitments.get(origin),
         )
 
         def requests() -> Iterator[overlap_pb2.OverlapRelayRequest]:
@@ -390,8 +399,20 @@ def run_overlap(
     )
     min_cohort = max(results[c].min_cohort or 1 for c in joined)
     sizes = {code: results[code].set_size or 0 for code in joined}
+    joins = [
+        overlap_pb2.OverlapJoinProof(
+            jurisdiction=code,
+            set_size=sizes[code],
+            certificate_pem=results[code].certificate_pem,
+            signature=results[code].join_signature,
+        )
+        for code in joined
+    ]
+    commitments: dict[str, overlap_pb2.OverlapCommitment] = {}
     for code in joined:
         peers[code].sizes = sizes
+        peers[code].joins = joins
+        peers[code].commitments = commitments
     recorder = RelayRecorder(os.environ.get(RELAY_LOG_ENV) or None)
 
     def observed(message: overlap_ring.Relayed) -> None:
@@ -462,6 +483,7 @@ def _joined(
         policy_version=response.policy_version,
         identifier_kind=response.identifier_kind,
         certificate_pem=certificate,
+        join_signature=bytes(response.join_signature),
     )
 
 

@@ -1,7 +1,7 @@
 """The node's side of the overlap query: overlaps in memory, with a deadline and a bound.
 
 A overlap on the node lives only in this process's memory (`OverlapRegistry`): its
-items, then its key (`fedtrace.overlap_protocol.OverlapParty`) once the roster is fixed.
+items, then its key (`fedtrace.overlap.OverlapParty`) once the roster is fixed.
 It ends when the coordinator closes it or at its deadline, whichever comes
 first; either way the key and the private order are dropped, so no point of
 that overlap can be produced again. At most `max_overlaps` run at once.
@@ -10,6 +10,18 @@ Every overlap belongs to the investigator certificate that joined it: only that
 certificate may open, relay, deliver notices or close it. Node certificates are
 refused at admission (`node.policy.decide` answers investigators only), so nodes
 never talk to each other.
+
+A hostile investigator cannot turn the overlap into a lookup service:
+
+* the node opens only when every roster member's signed join is presented and
+  verifies (`fedtrace.overlap_commitment.verify_join`: federation CA, member
+  name, revocation, overlap id, size, investigator), so no origin is invented;
+* every foreign point it will relay is charged, at open, to the investigator's
+  item budget for the overlap kind (through the gate), so a candidate list fed
+  in through a member node costs what a match of it would;
+* it relays an origin's set only with the origin's signed commitment (size and
+  SHA-256 of its initial set), and at the first hop releases nothing until the
+  points received match that digest.
 
 The functions here are plain (no gRPC); `node.services.overlap` decodes and encodes.
 """
@@ -20,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +43,14 @@ from fedtrace import group
 from fedtrace import overlap as overlap_protocol
 from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
+from fedtrace.overlap_commitment import Commitment, JoinProof
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import Identity
 from fedtrace.wire import Level
 from node.config import DatasetConfig
 from node.epoch import DatasetError, dataset_items
 from node.gate import Admission, QueryContextInfo, QueryRefused
+from node.overlap_members import MemberTrust, check_commitment, verify_members
 from node.policy import QueryKind
 from node.store import NodeDatabase
 
@@ -111,9 +125,12 @@ class NodeOverlap:
     min_cohort: int
     items: OverlapItems
     deadline: float
+    admission: Admission | None = field(default=None, repr=False)  # the join's, charged at open
     plan: overlap_protocol.OverlapPlan | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    members: dict[str, bytes] = field(default_factory=dict, repr=False)  # verified node certs
     party: overlap_protocol.OverlapParty | None = field(default=None, repr=False)
+    initial: list[bytes] = field(default_factory=list, repr=False)  # computed at open
     initial_sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     initial_sent: bool = False
     hops: dict[str, HopRecord] = field(default_factory=dict)
@@ -165,6 +182,7 @@ class NodeOverlap:
         if self.party is not None:
             self.party.close()
         self.party = None
+        self.initial = []
         self.items.items.clear()
         self.items.records.clear()
         self.shared = []
@@ -281,10 +299,15 @@ def open_overlap(
     reveal: bool,
     sizes: dict[str, int],
     *,
+    joins: Sequence[JoinProof],
+    trust: MemberTrust,
+    charge: Callable[[int], None],
+    key_pem: bytes,
     max_relay_points: int,
     workers: int | None = None,
-) -> None:
-    """Fix the plan, check it names this node with its true size, and draw the overlap key."""
+) -> Commitment:
+    """Fix the plan once every member's join verifies, charge the points this node will relay,
+    draw the overlap key, blind the own set and return the signed commitment to it."""
     with overlap.lock:
         if overlap.plan is not None:
             raise QueryRefused(
@@ -318,26 +341,43 @@ def open_overlap(
                 f"{foreign} foreign points exceed {jurisdiction}'s ceiling of "
                 f"{max_relay_points} relayed points per overlap",
             )
-        overlap.plan = plan
-        overlap.sizes = dict(sizes)
-        overlap.party = overlap_protocol.OverlapParty(
+        members = verify_members(
+            overlap.overlap_id, overlap.identity, plan.roster, sizes, joins, trust
+        )
+        # Every foreign point is an item tested against this node's set: charged before
+        # the key exists (the investigator's own node's set, with reveal, included).
+        charge(foreign)
+        party = overlap_protocol.OverlapParty(
             plan, jurisdiction, overlap.items.items, workers=workers
+        )
+        initial = list(party.initial_batches())
+        digest = hashlib.sha256()
+        for batch in initial:
+            digest.update(batch)
+        overlap.plan, overlap.party, overlap.members = plan, party, members
+        overlap.sizes = dict(sizes)
+        overlap.initial, overlap.initial_sha256 = initial, digest
+        return Commitment.signed(
+            key_pem,
+            overlap_id=overlap.overlap_id,
+            origin=jurisdiction,
+            set_size=overlap.set_size,
+            initial_sha256=digest.digest(),
         )
 
 
 def initial_batches(overlap: NodeOverlap) -> Iterator[bytes]:
-    """The node's own set under its key, once per overlap."""
+    """The node's own set under its key (blinded at open, committed to), once per overlap."""
     with overlap.lock:
-        _, party = overlap.require_open()
+        overlap.require_open()
         if overlap.initial_sent:
             raise QueryRefused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"overlap {overlap.overlap_id}: the initial set was already sent",
             )
         overlap.initial_sent = True
-    for batch in party.initial_batches():
-        overlap.initial_sha256.update(batch)
-        yield batch
+        batches, overlap.initial = overlap.initial, []
+    yield from batches
 
 
 def relay_batches(
@@ -347,8 +387,13 @@ def relay_batches(
     hop: int,
     expected_points: int,
     incoming: Iterable[bytes],
+    commitment: Commitment | None,
 ) -> Iterator[bytes]:
-    """One hop over ``origin``'s set: every point checked and raised to this node's key."""
+    """One hop over ``origin``'s set: every point checked and raised to this node's key.
+
+    Only with the origin's signed commitment for exactly this size; at the first hop
+    nothing is sent back until the points received match the committed digest.
+    """
     with overlap.lock:
         plan, party = overlap.require_open()
         try:
@@ -366,6 +411,8 @@ def relay_batches(
                 f"{origin}'s set was announced with {overlap.sizes[origin]} points, "
                 f"not {expected_points}",
             )
+        check_commitment(overlap.overlap_id, overlap.members, origin, expected_points, commitment)
+        assert commitment is not None
         try:
             relay = party.relay_hop(origin, expected_points)
         except overlap_protocol.OverlapError as exc:
@@ -379,7 +426,17 @@ def relay_batches(
             yield batch
 
     try:
-        for batch in relay.run(received()):
+        outgoing = relay.run(received())
+        if hop == 1:
+            held = list(outgoing)  # bounded by the charged, announced size
+            if record.received.digest() != commitment.initial_sha256:
+                raise QueryRefused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the points sent as {origin}'s set are not the set {origin} committed "
+                    "to (SHA-256 differs); nothing is relayed",
+                )
+            outgoing = iter(held)
+        for batch in outgoing:
             record.sent.update(batch)
             yield batch
     except group.InvalidPoint as exc:
@@ -448,6 +505,7 @@ def join_overlap(
         min_cohort=grant.min_cohort,
         items=items,
         deadline=registry.deadline(),
+        admission=admission,
     )
     registry.add(overlap)
     return overlap

@@ -66,6 +66,7 @@ class OverlapJoinResponse(_message.Message):
     IDENTIFIER_KIND_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     MAX_RELAY_POINTS_FIELD_NUMBER: _builtins.int
+    JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
     jurisdiction: _builtins.str
     set_size: _builtins.int
     """distinct items the node contributes (a known leak)"""
@@ -80,6 +81,11 @@ class OverlapJoinResponse(_message.Message):
     """the key that signs the overlap transcript at close"""
     max_relay_points: _builtins.int
     """the most foreign points this node relays in one overlap"""
+    join_signature: _builtins.bytes
+    """The node's signature (its certificate key, ECDSA P-256 / SHA-256, DER) over its join
+    statement: overlap id, jurisdiction, set size and the investigator certificate that asked
+    (fedtrace.overlap_commitment.JoinProof). Every other participant checks it at Open.
+    """
     def __init__(
         self,
         *,
@@ -91,14 +97,81 @@ class OverlapJoinResponse(_message.Message):
         identifier_kind: _builtins.str = ...,
         certificate_pem: _builtins.bytes = ...,
         max_relay_points: _builtins.int = ...,
+        join_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "identifier_kind", b"identifier_kind", "jurisdiction", b"jurisdiction", "max_relay_points", b"max_relay_points", "min_cohort", b"min_cohort", "policy_version", b"policy_version", "reveal_to_owner", b"reveal_to_owner", "set_size", b"set_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "identifier_kind", b"identifier_kind", "join_signature", b"join_signature", "jurisdiction", b"jurisdiction", "max_relay_points", b"max_relay_points", "min_cohort", b"min_cohort", "policy_version", b"policy_version", "reveal_to_owner", b"reveal_to_owner", "set_size", b"set_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OverlapJoinResponse: _TypeAlias = OverlapJoinResponse  # noqa: Y015
+
+@_typing.final
+class OverlapJoinProof(_message.Message):
+    """One participant's signed join, as the coordinator forwards it to every other participant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JURISDICTION_FIELD_NUMBER: _builtins.int
+    SET_SIZE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    jurisdiction: _builtins.str
+    set_size: _builtins.int
+    certificate_pem: _builtins.bytes
+    """the participant's node certificate (federation CA)"""
+    signature: _builtins.bytes
+    """OverlapJoinResponse.join_signature"""
+    def __init__(
+        self,
+        *,
+        jurisdiction: _builtins.str = ...,
+        set_size: _builtins.int = ...,
+        certificate_pem: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "jurisdiction", b"jurisdiction", "set_size", b"set_size", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapJoinProof: _TypeAlias = OverlapJoinProof  # noqa: Y015
+
+@_typing.final
+class OverlapCommitment(_message.Message):
+    """An origin's signed commitment to its initial set (fedtrace.overlap_commitment.Commitment):
+    returned by Open, forwarded with every Relay header for that origin's set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SET_SIZE_FIELD_NUMBER: _builtins.int
+    INITIAL_SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    set_size: _builtins.int
+    initial_sha256: _builtins.bytes
+    """SHA-256 of the origin's initial batches, concatenated"""
+    signature: _builtins.bytes
+    """by the origin's node certificate key"""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        set_size: _builtins.int = ...,
+        initial_sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_sha256", b"initial_sha256", "origin", b"origin", "set_size", b"set_size", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapCommitment: _TypeAlias = OverlapCommitment  # noqa: Y015
 
 @_typing.final
 class OverlapOrigin(_message.Message):
@@ -133,6 +206,7 @@ class OverlapOpenRequest(_message.Message):
     ROSTER_FIELD_NUMBER: _builtins.int
     REVEAL_FIELD_NUMBER: _builtins.int
     SIZES_FIELD_NUMBER: _builtins.int
+    JOINS_FIELD_NUMBER: _builtins.int
     overlap_id: _builtins.str
     reveal: _builtins.bool
     """true only when every participant's grant allows it"""
@@ -142,6 +216,10 @@ class OverlapOpenRequest(_message.Message):
 
     @_builtins.property
     def sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlapOrigin]: ...
+    @_builtins.property
+    def joins(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlapJoinProof]:
+        """one per roster member: a node opens only if all joined"""
+
     def __init__(
         self,
         *,
@@ -149,10 +227,11 @@ class OverlapOpenRequest(_message.Message):
         roster: _abc.Iterable[_builtins.str] | None = ...,
         reveal: _builtins.bool = ...,
         sizes: _abc.Iterable[Global___OverlapOrigin] | None = ...,
+        joins: _abc.Iterable[Global___OverlapJoinProof] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["overlap_id", b"overlap_id", "reveal", b"reveal", "roster", b"roster", "sizes", b"sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["joins", b"joins", "overlap_id", b"overlap_id", "reveal", b"reveal", "roster", b"roster", "sizes", b"sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,15 +242,21 @@ class OverlapOpenResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SET_SIZE_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
     set_size: _builtins.int
+    @_builtins.property
+    def commitment(self) -> Global___OverlapCommitment:
+        """this node's commitment to the initial set it will send"""
+
     def __init__(
         self,
         *,
         set_size: _builtins.int = ...,
+        commitment: Global___OverlapCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["set_size", b"set_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "set_size", b"set_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,6 +289,7 @@ class OverlapRelayHeader(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     HOP_FIELD_NUMBER: _builtins.int
     EXPECTED_POINTS_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
     overlap_id: _builtins.str
     origin: _builtins.str
     """whose set follows"""
@@ -211,6 +297,10 @@ class OverlapRelayHeader(_message.Message):
     """1-based position of this node on the origin's route"""
     expected_points: _builtins.int
     """must equal the origin's announced size"""
+    @_builtins.property
+    def commitment(self) -> Global___OverlapCommitment:
+        """the origin's, as Open returned it"""
+
     def __init__(
         self,
         *,
@@ -218,10 +308,11 @@ class OverlapRelayHeader(_message.Message):
         origin: _builtins.str = ...,
         hop: _builtins.int = ...,
         expected_points: _builtins.int = ...,
+        commitment: Global___OverlapCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_points", b"expected_points", "hop", b"hop", "origin", b"origin", "overlap_id", b"overlap_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "expected_points", b"expected_points", "hop", b"hop", "origin", b"origin", "overlap_id", b"overlap_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,7 +395,7 @@ Global___OverlapSharedResponse: _TypeAlias = OverlapSharedResponse  # noqa: Y015
 
 @_typing.final
 class OverlapCloseResponse(_message.Message):
-    """The node's signature over its side of the overlap (fedtrace.transcript.OverlapTranscript)."""
+    """The node's signature over its side of the overlap (fedtrace.overlap_transcript.OverlapTranscript)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -2,8 +2,11 @@
 
 Admission happens once, at join, in `node.session.query_session` through the
 node's one gate: policy (an `overlap` grant for the investigator and dataset),
-budgets, audit. The join answers the set size,
-so it is settled as answered before the response leaves. Every later step of the
+budgets, audit. The join answers the set size and the node's signed join,
+so it is settled as answered before the response leaves. Open adds every
+foreign point the node will relay to that admission's item charge
+(`Gate.charge_more`), once every member's join verifies. Request streams
+(Relay, Shared) must send their header within ``first_message_seconds``. Every later step of the
 overlap (open, initial set, each relay hop, notices, close or expiry) is appended
 to the audit trail as a `overlap` entry with counts and digests, never a point or
 an identifier.
@@ -15,11 +18,13 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from fedtrace.pki import sign
+from fedtrace.overlap_commitment import Commitment, JoinProof
+from fedtrace.pki import Identity, sign
+from fedtrace.revocation import RevocationWatch
 from fedtrace.v1 import node_pb2, overlap_pb2, overlap_pb2_grpc
 from fedtrace.wire import Level
 from node.audit import AuditError
@@ -34,8 +39,9 @@ from node.overlap import (
     relay_batches,
     step_entry,
 )
+from node.overlap_members import MemberTrust
 from node.policy import QueryKind
-from node.session import abort, caller, query_session
+from node.session import abort, caller, first_within, query_session
 from node.shared import store_shared
 from node.state import NodeState
 
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = overlap_pb2.DESCRIPTOR.services_by_name["OverlapService"].full_name
 _OVERLAP_ID = re.compile(r"[0-9a-f]{16,64}")
+T = TypeVar("T")
 
 
 class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
@@ -58,6 +65,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
         self._state = state
         self._workers = workers
         self.registry = registry or OverlapRegistry(on_expire=self._expired)
+        self._revocations: RevocationWatch | None = None
         self._stop = threading.Event()
         threading.Thread(
             target=self.registry.sweep, args=(self._stop,), daemon=True, name="overlap-sweeper"
@@ -89,6 +97,36 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
 
     def _overlap(self, overlap_id: str, context: grpc.ServicerContext) -> NodeOverlap:
         return self.registry.get(overlap_id, caller(context))
+
+    def _trust(self) -> MemberTrust:
+        """The federation CA and revocation list that members' joins are checked against."""
+        tls = self._state.config.tls
+        try:
+            ca_pem = tls.ca.read_bytes()
+            if self._revocations is None:
+                self._revocations = RevocationWatch(tls.revoked, ca_pem=ca_pem)
+        except Exception as exc:  # noqa: BLE001 - without them no join can be trusted
+            log.error("overlap: cannot read the CA or revocation list: %s", exc)
+            raise QueryRefused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self._jurisdiction} cannot check members' joins right now",
+            ) from None
+        revocations = self._revocations
+
+        def is_revoked(identity: Identity) -> bool:
+            return revocations.current().find(identity) is not None
+
+        return MemberTrust(ca_pem, is_revoked)
+
+    def _stream(self, requests: Iterator[T]) -> Iterator[T]:
+        """The request stream, its header bounded by ``first_message_seconds``."""
+        return first_within(requests, self._state.config.limits.first_message_seconds)
+
+    def _fail_before(self, context: grpc.ServicerContext, step: str, exc: QueryRefused) -> NoReturn:
+        """A refusal before the overlap is known (no header, unknown id): audited by the gate."""
+        if not exc.audited:
+            self._state.gate.refuse(caller(context), QueryKind.OVERLAP, exc, asked=Level.OVERLAP)
+        self._fail(None, context, step, exc)
 
     def _fail(
         self,
@@ -136,6 +174,14 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                 admission,
             )
             grant = admission.grant
+            join_signature = JoinProof.signed(
+                state.key_pem,
+                state.certificate_pem,
+                overlap_id=overlap.overlap_id,
+                jurisdiction=self._jurisdiction,
+                set_size=overlap.set_size,
+                investigator_fingerprint=identity.fingerprint_sha256,
+            ).signature
             try:
                 # The set size leaves with the answer: settled (audited) before it does.
                 session.answered(
@@ -166,6 +212,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
             identifier_kind=dataset.kind,
             certificate_pem=state.certificate_pem,
             max_relay_points=state.config.limits.max_items_per_request,
+            join_signature=join_signature,
         )
 
     def Open(
@@ -180,12 +227,27 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "the plan announces a participant's size twice",
                 )
-            open_overlap(
+            admission = overlap.admission
+            assert admission is not None  # set at join
+
+            def charge(items: int) -> None:
+                self._state.gate.charge_more(admission, items)
+
+            commitment = open_overlap(
                 overlap,
                 self._jurisdiction,
                 list(request.roster),
                 request.reveal,
                 sizes,
+                joins=[
+                    JoinProof(
+                        j.jurisdiction, int(j.set_size), bytes(j.certificate_pem), j.signature
+                    )
+                    for j in request.joins
+                ],
+                trust=self._trust(),
+                charge=charge,
+                key_pem=self._state.key_pem,
                 max_relay_points=self._state.config.limits.max_items_per_request,
                 workers=self._workers,
             )
@@ -196,10 +258,20 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                 reveal=request.reveal,
                 sizes=sizes,
                 item_count=overlap.set_size,
+                items_charged=admission.item_count,
+                initial_sha256=commitment.initial_sha256.hex(),
             )
         except QueryRefused as exc:
             self._fail(overlap, context, "open", exc)
-        return overlap_pb2.OverlapOpenResponse(set_size=overlap.set_size)
+        return overlap_pb2.OverlapOpenResponse(
+            set_size=overlap.set_size,
+            commitment=overlap_pb2.OverlapCommitment(
+                origin=commitment.origin,
+                set_size=commitment.set_size,
+                initial_sha256=commitment.initial_sha256,
+                signature=commitment.signature,
+            ),
+        )
 
     def Initial(
         self, request: overlap_pb2.OverlapRef, context: grpc.ServicerContext
@@ -218,6 +290,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
     ) -> Iterator[node_pb2.PointBatch]:
         overlap = None
         try:
+            requests = self._stream(requests)
             first = next(requests, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise QueryRefused(
@@ -226,6 +299,9 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                 )
             header = first.header
             overlap = self._overlap(header.overlap_id, context)
+        except QueryRefused as exc:
+            self._fail_before(context, "relay", exc)
+        try:
             batches = relay_batches(
                 overlap,
                 self._jurisdiction,
@@ -233,6 +309,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                 header.hop,
                 header.expected_points,
                 _points(requests),
+                _commitment(header),
             )
             sent = 0
             for batch in batches:
@@ -263,6 +340,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
     ) -> overlap_pb2.OverlapSharedResponse:
         overlap = None
         try:
+            requests = self._stream(requests)
             first = next(requests, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise QueryRefused(
@@ -270,6 +348,9 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
                     "an overlap Shared stream must start with its header",
                 )
             overlap = self._overlap(first.header.overlap_id, context)
+        except QueryRefused as exc:
+            self._fail_before(context, "shared", exc)
+        try:
             shared = learn_shared(overlap, _notices(requests))
             records = [
                 (record, sorted(item.partners))
@@ -314,6 +395,13 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
     def stop(self) -> None:
         self._stop.set()
         self.registry.close_all()
+
+
+def _commitment(header: overlap_pb2.OverlapRelayHeader) -> Commitment | None:
+    if not header.HasField("commitment"):
+        return None
+    c = header.commitment
+    return Commitment(c.origin, int(c.set_size), bytes(c.initial_sha256), bytes(c.signature))
 
 
 def _points(requests: Iterator[overlap_pb2.OverlapRelayRequest]) -> Iterator[bytes]:

@@ -16,16 +16,18 @@ import random
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fedtrace import group
 from fedtrace import overlap as overlap_protocol
+from fedtrace.harness import LocalFederation, LocalNode
 from fedtrace.items import item_bytes
-from fedtrace.pki import ROLE_INVESTIGATOR, init_ca, issue
-from tests.integration.conftest import NodeProcess, fedtrace
+from tests.integration.conftest import fedtrace
+
+pytestmark = pytest.mark.slow
 
 INVESTIGATOR = "FR"
 REVEALING = ("EE", "FR", "SG", "DE")  # overlap grant, reveal_to_owner = true, min_cohort 1
@@ -128,13 +130,20 @@ def write_transactions(path: Path, wallets: set[str]) -> None:
 
 @dataclass
 class OverlapFederation:
-    root: Path
+    local: LocalFederation
     sets: dict[str, set[str]]
-    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.local.root
+
+    @property
+    def nodes(self) -> dict[str, LocalNode]:
+        return self.local.nodes
 
     @property
     def fed(self) -> Path:
-        return self.root / "federation.toml"
+        return self.local.federation_file
 
     def overlap(
         self,
@@ -190,55 +199,16 @@ class OverlapFederation:
 @pytest.fixture(scope="module")
 def overlap_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverlapFederation]:
     root = tmp_path_factory.mktemp("overlap")
-    init_ca(root / "ca")
-    fed = OverlapFederation(root=root, sets=planted_sets(ALL))
-    for code in ALL:
-        node_dir = root / "nodes" / code
-        fedtrace(
-            "node",
-            "init",
-            str(node_dir),
-            "--jurisdiction",
-            code,
-            "--ca",
-            str(root / "ca"),
-            check=True,
-        )
-        (node_dir / "policy.toml").write_text(_policy(code))
-        write_transactions(root / f"{code}.csv", fed.sets[code])
-        fedtrace(
-            "node",
-            "ingest",
-            str(node_dir),
-            str(root / f"{code}.csv"),
-            "--table",
-            "transactions",
-            check=True,
-        )
-        fed.nodes[code] = NodeProcess(code, node_dir)
-    issue(root / "ca", root / "investigator", name=INVESTIGATOR, role=ROLE_INVESTIGATOR)
-    try:
-        for node in fed.nodes.values():
-            node.start()
-        lines = [
-            "[investigator]",
-            f'name = "{INVESTIGATOR}"',
-            'cert = "investigator/cert.pem"',
-            'key = "investigator/key.pem"',
-            'ca = "ca/ca.pem"',
-            "",
-            "[query]",
-            "deadline_seconds = 60",
-            "",
-        ]
-        for code, node in fed.nodes.items():
-            lines += ["[[node]]", f'name = "{code}"', f'address = "{node.address}"', ""]
-        fed.fed.write_text("\n".join(lines))
+    with LocalFederation(root, investigator=INVESTIGATOR) as local:
+        fed = OverlapFederation(local, sets=planted_sets(ALL))
+        for code in ALL:
+            write_transactions(root / f"{code}.csv", fed.sets[code])
+            local.add_node(
+                code, policy=_policy(code), tables={"transactions": root / f"{code}.csv"}
+            )
+        local.issue_investigator()
+        local.start()
         yield fed
-    finally:
-        for node in fed.nodes.values():
-            if node.process is not None:
-                node.stop()
 
 
 def _groups(report: dict[str, object]) -> dict[frozenset[str], object]:

@@ -15,16 +15,10 @@ import pytest
 
 from fedtrace import group
 from fedtrace import overlap as overlap_protocol
+from fedtrace.bench.overlap import synthetic_sets
 from fedtrace.items import item_bytes
-from fedtrace.overlap import (
-    InProcessPeer,
-    OverlapError,
-    OverlapParty,
-    OverlapPlan,
-    OverlapTally,
-    Relayed,
-    run_overlap,
-)
+from fedtrace.overlap import OverlapError, OverlapParty, OverlapPlan
+from fedtrace.overlap_ring import InProcessPeer, OverlapTally, Relayed, run_overlap
 
 Sets = dict[str, list[bytes]]
 
@@ -416,8 +410,9 @@ def test_many_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
         assert {s.item: s.partners for s in peers[code].shared} == oracle_shared(sets, code)
 
 
+@pytest.mark.slow  # a timed run of 180,000 exponentiations
 def test_three_times_twenty_thousand_is_fast() -> None:
-    sets = overlap_protocol.synthetic_sets(3, 20_000)
+    sets = synthetic_sets(3, 20_000)
     plan = OverlapPlan.new(list(sets), reveal=True)
     peers = {code: InProcessPeer(code, items) for code, items in sets.items()}
     started = time.perf_counter()

@@ -4,7 +4,10 @@ stored shared records, and the coordinator's transcript agreeing with the node's
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -16,9 +19,12 @@ from coordinator.overlap import OverlapNodeResult, OverlapQuery, RelayRecorder
 from fedtrace import overlap as overlap_protocol
 from fedtrace import overlap_ring
 from fedtrace.items import item_bytes
-from fedtrace.pki import Identity
+from fedtrace.overlap_commitment import Commitment, JoinProof
+from fedtrace.pki import ROLE_NODE, Identity, init_ca, issue
+from fedtrace.wire import NodeStatus
 from node import overlap as node_overlap
 from node.gate import QueryContextInfo, QueryRefused
+from node.overlap_members import MemberTrust
 from node.shared import list_shared, render_shared, store_shared
 from node.store import NodeDatabase
 
@@ -62,17 +68,112 @@ def _overlap(
     )
 
 
+def _node_keys() -> tuple[bytes, dict[str, tuple[bytes, bytes]]]:
+    """A federation CA and node certificates for EE, FR and SG: (ca_pem, code -> (cert, key))."""
+    with _KEYS_LOCK:  # peers open concurrently
+        return _make_node_keys()
+
+
+_KEYS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _make_node_keys() -> tuple[bytes, dict[str, tuple[bytes, bytes]]]:
+    root = Path(tempfile.mkdtemp(prefix="overlap-node-"))
+    init_ca(root / "ca")
+    keys = {}
+    for code in SETS:
+        issue(root / "ca", root / code, name=code, role=ROLE_NODE)
+        keys[code] = (
+            (root / code / "cert.pem").read_bytes(),
+            (root / code / "key.pem").read_bytes(),
+        )
+    return (root / "ca" / "ca.pem").read_bytes(), keys
+
+
+def _open(
+    overlap: node_overlap.NodeOverlap,
+    code: str,
+    roster: list[str],
+    reveal: bool,
+    sizes: dict[str, int],
+    *,
+    max_relay_points: int,
+    workers: int | None = None,
+) -> Commitment:
+    """`open_overlap` with every member's signed join, as an honest coordinator sends them."""
+    ca_pem, keys = _node_keys()
+    joins = [
+        JoinProof.signed(
+            keys[member][1],
+            keys[member][0],
+            overlap_id=overlap.overlap_id,
+            jurisdiction=member,
+            set_size=sizes[member],
+            investigator_fingerprint=overlap.identity.fingerprint_sha256,
+        )
+        for member in roster
+        if member in sizes
+    ]
+    return node_overlap.open_overlap(
+        overlap,
+        code,
+        roster,
+        reveal,
+        sizes,
+        joins=joins,
+        trust=MemberTrust(ca_pem, lambda identity: False),
+        charge=lambda items: None,
+        key_pem=keys[code][1],
+        max_relay_points=max_relay_points,
+        workers=workers,
+    )
+
+
+def _commitment(overlap_id: str, origin: str, size: int) -> Commitment:
+    return Commitment.signed(
+        _node_keys()[1][origin][1],
+        overlap_id=overlap_id,
+        origin=origin,
+        set_size=size,
+        initial_sha256=bytes(32),
+    )
+
+
+def _relay(
+    overlap: node_overlap.NodeOverlap,
+    code: str,
+    origin: str,
+    hop: int,
+    expected_points: int,
+    incoming: Iterable[bytes],
+    commitment: Commitment | None = None,
+) -> Iterator[bytes]:
+    if commitment is None and origin in SETS:
+        commitment = _commitment(overlap.overlap_id, origin, expected_points)
+    return node_overlap.relay_batches(
+        overlap, code, origin, hop, expected_points, incoming, commitment
+    )
+
+
 class DomainPeer:
     """A OverlapPeer calling node.overlap's plain functions, as the servicer does."""
 
-    def __init__(self, code: str, overlap: node_overlap.NodeOverlap, sizes: dict[str, int]) -> None:
+    def __init__(
+        self,
+        code: str,
+        overlap: node_overlap.NodeOverlap,
+        sizes: dict[str, int],
+        commitments: dict[str, Commitment],
+    ) -> None:
         self.jurisdiction = code
         self.overlap = overlap
         self.sizes = sizes
+        self.commitments = commitments
         self.shared: list[overlap_protocol.SharedItem] = []
 
     def open(self, plan: overlap_protocol.OverlapPlan) -> int:
-        node_overlap.open_overlap(
+        self.commitments[self.jurisdiction] = _open(
             self.overlap,
             self.jurisdiction,
             list(plan.roster),
@@ -97,6 +198,7 @@ class DomainPeer:
             self.plan.hop_of(self.jurisdiction, origin),
             expected_points,
             incoming,
+            self.commitments[origin],
         )
 
     def deliver_shared(self, overlap_id: str, notices: Iterable[bytes]) -> None:
@@ -112,7 +214,10 @@ def test_overlap_through_the_node_functions_counts_exactly_and_transcripts_agree
 ) -> None:
     roster = ("EE", "FR", "SG")
     sizes = {code: len(SETS[code]) for code in roster}
-    peers = {code: DomainPeer(code, _overlap(code, reveal=reveal), sizes) for code in roster}
+    commitments: dict[str, Commitment] = {}
+    peers = {
+        code: DomainPeer(code, _overlap(code, reveal=reveal), sizes, commitments) for code in roster
+    }
     plan = overlap_protocol.OverlapPlan("ab" * 16, roster, reveal=reveal)
     recorder = RelayRecorder()
     tally = overlap_ring.run_overlap(plan, peers, observe=recorder, concurrent=True)
@@ -129,7 +234,7 @@ def test_overlap_through_the_node_functions_counts_exactly_and_transcripts_agree
     for code in roster:
         result = OverlapNodeResult(
             code,
-            "ok",
+            NodeStatus.OK,
             set_size=sizes[code],
             policy_version=f"{code}-1",
             reveal_to_owner=reveal,
@@ -161,9 +266,7 @@ def test_open_refuses_a_plan_that_misstates_the_node_or_asks_for_a_reveal_not_gr
     sizes = {"EE": len(SETS["EE"]), "FR": len(SETS["FR"])}
     overlap = _overlap("EE", reveal=False)
     refused = _refusal(
-        lambda: node_overlap.open_overlap(
-            overlap, "EE", ["EE", "FR"], True, sizes, max_relay_points=1000
-        )
+        lambda: _open(overlap, "EE", ["EE", "FR"], True, sizes, max_relay_points=1000)
     )
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED
     assert str(refused) == (
@@ -171,23 +274,15 @@ def test_open_refuses_a_plan_that_misstates_the_node_or_asks_for_a_reveal_not_gr
         "(reveal_to_owner = false); run the overlap without reveal"
     )
     refused = _refusal(
-        lambda: node_overlap.open_overlap(
-            overlap, "EE", ["EE", "FR"], False, {**sizes, "EE": 3}, max_relay_points=1000
-        )
+        lambda: _open(overlap, "EE", ["EE", "FR"], False, {**sizes, "EE": 3}, max_relay_points=1000)
     )
     assert str(refused) == f"the plan announces 3 items for EE; it joined with {sizes['EE']}"
     refused = _refusal(
-        lambda: node_overlap.open_overlap(
-            overlap, "EE", ["FR", "SG"], False, sizes, max_relay_points=1000
-        )
+        lambda: _open(overlap, "EE", ["FR", "SG"], False, sizes, max_relay_points=1000)
     )
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
     assert str(refused) == f"EE is not in overlap {'ab' * 16}"
-    refused = _refusal(
-        lambda: node_overlap.open_overlap(
-            overlap, "EE", ["EE", "FR"], False, sizes, max_relay_points=5
-        )
-    )
+    refused = _refusal(lambda: _open(overlap, "EE", ["EE", "FR"], False, sizes, max_relay_points=5))
     assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(refused) == (
         f"{sizes['FR']} foreign points exceed EE's ceiling of 5 relayed points per overlap"
@@ -197,23 +292,19 @@ def test_open_refuses_a_plan_that_misstates_the_node_or_asks_for_a_reveal_not_gr
 def test_relay_checks_hop_size_and_a_single_pass() -> None:
     sizes = {code: len(SETS[code]) for code in ("EE", "FR", "SG")}
     overlap = _overlap("FR")
-    node_overlap.open_overlap(
-        overlap, "FR", ["EE", "FR", "SG"], True, sizes, max_relay_points=1000, workers=1
-    )
-    refused = _refusal(lambda: node_overlap.relay_batches(overlap, "FR", "EE", 2, sizes["EE"], []))
+    _open(overlap, "FR", ["EE", "FR", "SG"], True, sizes, max_relay_points=1000, workers=1)
+    refused = _refusal(lambda: _relay(overlap, "FR", "EE", 2, sizes["EE"], []))
     assert str(refused) == "FR relays EE's set at hop 1, not 2"
-    refused = _refusal(lambda: node_overlap.relay_batches(overlap, "FR", "EE", 1, 7, []))
+    refused = _refusal(lambda: _relay(overlap, "FR", "EE", 1, 7, []))
     assert str(refused) == f"EE's set was announced with {sizes['EE']} points, not 7"
-    refused = _refusal(lambda: node_overlap.relay_batches(overlap, "FR", "FR", 1, 1, []))
+    refused = _refusal(lambda: _relay(overlap, "FR", "FR", 1, 1, []))
     assert str(refused) == "FR never relays its own set"
-    refused = _refusal(
-        lambda: node_overlap.relay_batches(overlap, "FR", "EE", 1, sizes["EE"], [bytes(32)])
-    )
+    refused = _refusal(lambda: _relay(overlap, "FR", "EE", 1, sizes["EE"], [bytes(32)]))
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
     assert str(refused) == (
         "EE's set, hop 1: invalid ristretto255 point at index 0: identity element"
     )
-    refused = _refusal(lambda: node_overlap.relay_batches(overlap, "FR", "EE", 1, sizes["EE"], []))
+    refused = _refusal(lambda: _relay(overlap, "FR", "EE", 1, sizes["EE"], []))
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
     assert str(refused) == f"FR has already relayed EE's set in overlap {'ab' * 16}"
 
@@ -362,7 +453,8 @@ def test_an_overlap_join_refused_by_its_rate_limit_says_when_it_renews(tmp_path:
     finally:
         servicer.stop()
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    (key, renews_at), *_ = context.trailers
+    trailers: list[tuple[str, str]] = list(context.trailers)
+    (key, renews_at), *_ = trailers
     assert key == RENEWS_AT_METADATA
     moment = dt.datetime.strptime(renews_at, RENEWS_AT_FORMAT).replace(tzinfo=dt.UTC)
     assert dt.timedelta(hours=23) < moment - dt.datetime.now(dt.UTC) <= dt.timedelta(days=1)
