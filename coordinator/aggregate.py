@@ -6,9 +6,10 @@ per epoch like filters, coordinator.epoch_cache), round 1 (blinded watchlist in,
 shuffled evaluation out) and the matched rows of the node's table. Then round 2:
 one HE key pair for the whole query, an encrypted indicator per node, masked
 ciphertexts back, decrypted to noisy sums (coordinator.figures). With
-``total_only`` the answering set is fixed after round 1 and sent to every node,
-whose pairwise masks cancel only in the federation total; if a node drops out
-after that, the total is abandoned (docs/aggregates.md).
+``total_only`` the answering set (at least two nodes, never the investigator's
+own) is fixed after round 1 and sent to every node with each member's signed salt
+and per-query agreement key; their pairwise masks cancel only in the federation
+total. If a node drops out after that, the total is abandoned (docs/aggregates.md).
 """
 
 from __future__ import annotations
@@ -36,20 +37,28 @@ from coordinator.progress import Progress, silent
 from coordinator.results import NodeFailure, NodeResult
 from coordinator.transport import Connections, NodeConnection
 from fedtrace import group, psi
-from fedtrace.aggregate import COUNT_COLUMN, TAG_BYTES, indicator, match_positions
+from fedtrace.aggregate import (
+    COUNT_COLUMN,
+    MIN_ANSWERING_SET,
+    TAG_BYTES,
+    MaskMember,
+    answering_set_digest,
+    indicator,
+    match_positions,
+)
 from fedtrace.aggregate_transcript import (
     AggregateTranscript,
     FigureTerms,
     answers_sha256,
     sequence_sha256,
 )
-from fedtrace.he import HeError, SecretHeContext
+from fedtrace.he import PARAMETER_SET, HeError, SecretHeContext
 from fedtrace.items import item_bytes
 from fedtrace.pki import verify_signature
 from fedtrace.revocation import RevocationList
 from fedtrace.transcript import SIGNATURE_ALGORITHM
 from fedtrace.v1 import aggregate_pb2, node_pb2
-from fedtrace.wire import Level, NodeStatus, batched
+from fedtrace.wire import CHUNK_BYTES, Level, NodeStatus, batched
 
 TAG_KIND = "blake2b64-aggtag1"
 
@@ -204,6 +213,12 @@ def _round_one(
             raise NodeFailure(
                 NodeStatus.ERROR, f"{entry.name} answered malformed points: {exc}"
             ) from None
+        if summary is not None and summary.he_parameter_set != PARAMETER_SET:
+            raise NodeFailure(
+                NodeStatus.ERROR,
+                f"{entry.name} answers under HE parameters {summary.he_parameter_set!r}; "
+                f"this coordinator uses {PARAMETER_SET}",
+            )
         if summary is None or len(points) != len(blinded.blinded):
             raise NodeFailure(
                 NodeStatus.ERROR,
@@ -243,7 +258,9 @@ def _aggregate_requests(
     header: aggregate_pb2.IndicatorHeader, public_blob: bytes, indicators: Sequence[bytes]
 ) -> Iterator[aggregate_pb2.AggregateRequest]:
     yield aggregate_pb2.AggregateRequest(header=header)
-    yield aggregate_pb2.AggregateRequest(public_context=public_blob)
+    # About 9.4 MB with the relinearisation keys: more than one message may carry.
+    for part in batched(public_blob, 1, CHUNK_BYTES):
+        yield aggregate_pb2.AggregateRequest(public_context=part)
     for blob in indicators:
         yield aggregate_pb2.AggregateRequest(indicator=blob)
 
@@ -270,6 +287,8 @@ def _round_two(
         indicator_count=len(indicators),
         peers=list(peers),
         total_nonce=total_nonce,
+        he_parameter_set=PARAMETER_SET,
+        public_context_bytes=len(public_blob),
     )
     report(entry.name, "waiting for the encrypted sums")
     answers: list[tuple[str, bytes]] = []
@@ -315,6 +334,8 @@ def _round_two(
         answers_sha256=answers_sha256(answers),
         peers=tuple(sorted(p.jurisdiction for p in peers)),
         total_nonce=total_nonce.hex(),
+        he_parameter_set=PARAMETER_SET,
+        answering_set_sha256=_set_digest(peers, total_nonce),
     )
     digest = transcript.digest()
     if trailer.transcript_sha256 != digest or not verify_signature(
@@ -372,12 +393,20 @@ def run_aggregate(
             failures[outcome.entry.name] = outcome.failure
         elif outcome.value is not None:
             rounds[outcome.entry.name] = outcome.value
-    if query.total_only and len(rounds) < 2:
+    if query.total_only and query.investigator in rounds:
+        # Its masks would unmask the others; every node refuses a set that holds it.
+        failures[query.investigator] = NodeResult(
+            query.investigator,
+            NodeStatus.ERROR,
+            "the investigator's own node takes no part in a federation total",
+        )
+        del rounds[query.investigator]
+    if query.total_only and len(rounds) < MIN_ANSWERING_SET:
         for name in rounds:
             failures[name] = NodeResult(
                 name,
                 NodeStatus.ERROR,
-                "a federation total needs at least two answering nodes; "
+                f"a federation total needs at least {MIN_ANSWERING_SET} answering nodes; "
                 f"only {len(rounds)} answered round 1, so no total was asked for",
             )
         rounds.clear()
@@ -386,7 +415,14 @@ def run_aggregate(
     total_nonce = secrets.token_bytes(16) if query.total_only else b""
     peers = (
         [
-            aggregate_pb2.PeerCertificate(jurisdiction=name, certificate_pem=one.node_cert)
+            aggregate_pb2.PeerCertificate(
+                jurisdiction=name,
+                certificate_pem=one.node_cert,
+                query_id=one.summary.query_id,
+                total_salt=one.summary.total_salt,
+                agreement_key=one.summary.agreement_key,
+                agreement_signature=one.summary.agreement_signature,
+            )
             for name, one in sorted(rounds.items())
         ]
         if query.total_only
@@ -444,6 +480,14 @@ def run_aggregate(
     if query.total_only:
         total = _total(rounds, answered, failures)
     return AggregateOutcome(results, total)
+
+
+def _set_digest(peers: Sequence[aggregate_pb2.PeerCertificate], total_nonce: bytes) -> str:
+    """The answering set's digest the nodes key their masks by (empty unless total-only)."""
+    if not peers:
+        return ""
+    members = [MaskMember(p.jurisdiction, p.query_id, p.total_salt, p.agreement_key) for p in peers]
+    return answering_set_digest(total_nonce, members).hex()
 
 
 def _total(

@@ -16,16 +16,26 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedtrace.he import PLAIN_MODULUS, SLOT_COUNT, PublicHeContext, SecretHeContext
 
 TAG_BYTES = 8
 _TAG_PERSON = b"fedtrace-aggtag1"
-_MASK_INFO = b"fedtrace-v1 total-only pairwise mask"
+_MASK_INFO = b"fedtrace-v2 total-only pairwise mask"
+_AGREEMENT_DOMAIN = b"fedtrace-v1 total-only agreement key"
+_SET_DOMAIN = b"fedtrace-v1 total-only answering set\x00"
+SALT_BYTES = 16
+#: A total needs two answering nodes, never counting the investigator's own (whose node
+#: would share the investigator's knowledge). With exactly two, either one colluding with
+#: the investigator can remove the other's mask and learn that node's share with that
+#: node's own DP noise, which is what a per-node answer discloses; with three or more it
+#: takes every other member (docs/aggregates.md, "What still leaks").
+MIN_ANSWERING_SET = 2
 COUNT_COLUMN = "match_count"
 
 
@@ -102,39 +112,85 @@ def decrypt_aggregate(secret: SecretHeContext, answers: Mapping[str, bytes]) -> 
     return {name: secret.decrypt_sum(blob) for name, blob in answers.items()}
 
 
+@dataclass(frozen=True)
+class MaskMember:
+    """One member of a total-only answering set, as its signed round-1 summary stated it."""
+
+    code: str
+    query_id: bytes
+    salt: bytes  # the member's own randomness for the mask nonce
+    agreement_key: bytes  # X25519 public key, for this query only
+
+
+def new_agreement_key() -> tuple[X25519PrivateKey, bytes, bytes]:
+    """A fresh X25519 key for one total-only query (never the certificate key) and a salt."""
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return private, public, secrets.token_bytes(SALT_BYTES)
+
+
+def agreement_statement(member: MaskMember, investigator: str) -> bytes:
+    """What a node signs in round 1 so other members can check its key and salt."""
+    parts = (
+        _AGREEMENT_DOMAIN,
+        member.code.encode(),
+        investigator.encode(),
+        member.query_id,
+        member.salt,
+        member.agreement_key,
+    )
+    return hashlib.sha256(b"".join(len(p).to_bytes(4, "big") + p for p in parts)).digest()
+
+
+def answering_set_digest(total_nonce: bytes, members: Sequence[MaskMember]) -> bytes:
+    """SHA-256 over the coordinator's nonce and every member's code, query id, salt and key.
+
+    The pairwise masks are keyed by it: members that were shown different sets, or a
+    set without their own fresh salt, derive masks that do not cancel.
+    """
+    digest = hashlib.sha256(_SET_DOMAIN + len(total_nonce).to_bytes(4, "big") + total_nonce)
+    for member in sorted(members, key=lambda m: m.code):
+        for part in (member.code.encode(), member.query_id, member.salt, member.agreement_key):
+            digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
 def pairwise_mask(
-    own_key_pem: bytes,
-    peer_cert_pems: Mapping[str, bytes],
+    own_key: X25519PrivateKey,
     own_code: str,
-    query_nonce: bytes,
+    members: Sequence[MaskMember],
+    total_nonce: bytes,
     columns: Sequence[str],
 ) -> dict[str, int]:
-    """Σ_j ±PRF(k_ij, nonce, column) mod t over the other answering nodes; cancels in the sum.
+    """Σ_j ±PRF(k_ij, set, column) mod t over the other answering nodes; cancels in the sum.
 
-    ``k_ij`` is ECDH (P-256) between this node's certificate key and peer j's
-    certificate key, expanded by HKDF-SHA256 with the query nonce and both
-    codes; the lower code adds, the higher subtracts.
+    ``k_ij`` is X25519 between the members' per-query agreement keys (never their
+    certificate keys), expanded by HKDF-SHA256 with the answering set's digest as salt
+    (the coordinator's nonce plus every member's own salt) and both codes as info;
+    the lower code adds, the higher subtracts.
     """
-    from cryptography import x509
-
-    if len(query_nonce) < 16:
+    if len(total_nonce) < 16:
         raise ValueError("the query nonce must be at least 16 bytes")
-    key = serialization.load_pem_private_key(own_key_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the node key is not an EC key")
+    codes = [m.code for m in members]
+    if len(set(codes)) != len(codes):
+        raise ValueError("the answering set names a node twice")
+    set_digest = answering_set_digest(total_nonce, members)
     masks = dict.fromkeys(columns, 0)
-    for code, cert_pem in sorted(peer_cert_pems.items()):
-        if code == own_code:
+    for member in sorted(members, key=lambda m: m.code):
+        if member.code == own_code:
             continue
-        peer_key = x509.load_pem_x509_certificate(cert_pem).public_key()
-        if not isinstance(peer_key, ec.EllipticCurvePublicKey):
-            raise ValueError(f"peer {code}'s certificate has no EC key")
-        shared = key.exchange(ec.ECDH(), peer_key)
-        low, high = sorted((own_code, code))
+        try:
+            peer_key = X25519PublicKey.from_public_bytes(member.agreement_key)
+        except ValueError:
+            raise ValueError(f"peer {member.code}'s agreement key is not an X25519 key") from None
+        shared = own_key.exchange(peer_key)
+        low, high = sorted((own_code, member.code))
         sign = 1 if own_code == low else -1
         for column in columns:
             info = b"\x00".join((_MASK_INFO, low.encode(), high.encode(), column.encode()))
-            stream = HKDF(algorithm=hashes.SHA256(), length=32, salt=query_nonce, info=info).derive(
+            stream = HKDF(algorithm=hashes.SHA256(), length=32, salt=set_digest, info=info).derive(
                 shared
             )
             masks[column] = (masks[column] + sign * int.from_bytes(stream, "big")) % PLAIN_MODULUS

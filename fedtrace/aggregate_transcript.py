@@ -3,8 +3,9 @@
 The node signs, at the end of round 2, the SHA-256 of a canonical JSON document
 describing both rounds: the query, the grant's terms it answered under
 (min_cohort, epsilon, noise scale per figure), and digests of everything
-exchanged (blinded points in and out, the public HE context, the indicator,
-the answers, the total-only answering set). The coordinator rebuilds the same
+exchanged (blinded points in and out, the public HE context and its parameter
+set, the indicator, the answers, the total-only answering set with every member's
+salt and agreement key). The coordinator rebuilds the same
 document from what it sent and received and checks the signature with the
 node's certificate. A report that shows a figure whose noisy count is below
 ``min_cohort`` contradicts what the node signed.
@@ -57,6 +58,9 @@ class AggregateTranscript:
     answers_sha256: str  # SHA-256 over (figure, ciphertext) pairs, in order
     peers: tuple[str, ...]  # total-only: the answering set's codes, sorted
     total_nonce: str
+    he_parameter_set: str = ""  # empty in transcripts signed before it was recorded
+    # total-only: the digest that keys the masks (the nonce, every member's salt and key)
+    answering_set_sha256: str = ""
 
     def canonical_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()

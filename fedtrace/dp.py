@@ -5,9 +5,11 @@ investigator can decrypt it. The mechanism is OpenDP's ``make_laplace`` over
 64-bit integers, which samples the discrete Laplace (two-sided geometric)
 distribution exactly with a cryptographic RNG; numpy's RNG is never used.
 
-The scale is ``sensitivity / epsilon``: one record changes a clipped column sum
-by at most ``max(|lo|, |hi|)`` and the match count by 1 (add/remove-one-record
-neighbours). ``NoiseSpec`` also carries the 95% half-width for reports.
+The scale is ``sensitivity / epsilon``. One record changes a clipped column sum
+by at most ``hi − lo`` when its value is substituted (any value in the clip range
+for any other) and by ``max(|lo|, |hi|)`` when it is added or removed, so the
+sensitivity is the larger of the two; the match count's is 1.
+``NoiseSpec`` also carries the 95% half-width for reports.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ class NoiseSpec:
 
 
 def sensitivity(lo: int, hi: int) -> int:
-    """Largest change one record makes to a sum clipped to ``[lo, hi]``."""
+    """Largest change one record makes to a sum clipped to ``[lo, hi]``.
+
+    ``hi − lo`` covers substituting one record's value by any other (it is what
+    ``[−1000, 1000]`` really allows: 2000, not 1000); ``max(|lo|, |hi|)`` covers adding
+    or removing one record, which exceeds ``hi − lo`` when both bounds share a sign.
+    """
     if lo > hi:
         raise ValueError(f"clip bounds are reversed: [{lo}, {hi}]")
-    return max(abs(lo), abs(hi), 1)
+    return max(hi - lo, abs(lo), abs(hi), 1)
 
 
 def half_width_95(scale: float) -> int:

@@ -7,8 +7,10 @@
 - `plan_figures`: clipping bounds and differential-privacy noise per figure from
   the admitting grant (`fedtrace.dp`), the query's epsilon split evenly over the
   figures (the match count and each column).
-- `peer_masks`: total-only pairwise masks, after checking every peer certificate
-  against the federation CA.
+- `start_total_only`, `peer_masks`: a total-only query's per-query X25519 key and
+  salt (round 1, signed), then the pairwise masks once the answering set is checked
+  (at least two nodes, not the investigator's, this node's own entry unchanged,
+  every member's certificate from the CA, not revoked, its key signed).
 - `answer_figures`: one masked ciphertext per figure (`fedtrace.aggregate`).
 - `PendingQueries` keeps an admitted round 1 in memory until its round 2 arrives.
 
@@ -28,12 +30,25 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import duckdb
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedtrace import dp, group
-from fedtrace.aggregate import COUNT_COLUMN, clip, node_aggregate, pairwise_mask, position_tags
+from fedtrace.aggregate import (
+    COUNT_COLUMN,
+    MIN_ANSWERING_SET,
+    MaskMember,
+    agreement_statement,
+    answering_set_digest,
+    clip,
+    new_agreement_key,
+    node_aggregate,
+    pairwise_mask,
+    position_tags,
+)
 from fedtrace.he import PLAIN_MODULUS, HeError, PublicHeContext
 from fedtrace.items import item_bytes
-from fedtrace.pki import ROLE_NODE, InvalidCertificate, verify_issued_by
+from fedtrace.pki import ROLE_NODE, InvalidCertificate, sign, verify_issued_by, verify_signature
+from fedtrace.revocation import RevocationList
 from node.config import DatasetConfig
 from node.epoch import Epoch, dataset_items
 from node.policy import Grant
@@ -295,30 +310,98 @@ def answer_figures(
 
 
 class PeerError(Exception):
-    """A peer certificate of a total-only query is unusable; says which and why."""
+    """A total-only answering set is unusable; says which member and why."""
 
 
-def peer_masks(
-    key_pem: bytes,
-    own_code: str,
-    peers: Mapping[str, bytes],
+@dataclass(frozen=True)
+class TotalOnlyRound:
+    """This node's round-1 contribution to a total-only mask: key, salt, what it signed."""
+
+    agreement_private: X25519PrivateKey = field(repr=False)
+    member: MaskMember
+    signature: bytes
+
+
+def start_total_only(
+    key_pem: bytes, own_code: str, investigator: str, query_id: bytes
+) -> TotalOnlyRound:
+    """A fresh X25519 key and salt for one total-only query, signed with the node's key."""
+    private, public, salt = new_agreement_key()
+    member = MaskMember(own_code, query_id, salt, public)
+    return TotalOnlyRound(private, member, sign(key_pem, agreement_statement(member, investigator)))
+
+
+def checked_members(
+    own: TotalOnlyRound,
+    investigator: str,
+    peers: Sequence[PeerStatement],
     ca_pem: bytes,
-    total_nonce: bytes,
-    figures: Sequence[str],
-) -> dict[str, int]:
-    """Pairwise masks for a total-only answer, after checking every peer against the CA."""
-    if own_code not in peers:
-        raise PeerError(f"the answering set does not include this node ({own_code})")
-    if len(peers) < 2:
-        raise PeerError("a total-only answer needs at least two answering nodes")
-    for code, pem in peers.items():
+    revoked: RevocationList,
+) -> list[MaskMember]:
+    """The answering set, after every check that keeps one node's answer masked.
+
+    Refused: a set of fewer than ``MIN_ANSWERING_SET`` nodes; one that holds the
+    investigator's own node (it would hand over its masks) or names a node twice; one
+    whose entry for this node is not what this node said in round 1; a member whose
+    certificate is not a node certificate of the federation CA, is revoked, or did not
+    sign its agreement key and salt.
+    """
+    codes = [p.member.code for p in peers]
+    if len(set(codes)) != len(codes):
+        raise PeerError("the answering set names a node twice")
+    if len(peers) < MIN_ANSWERING_SET:
+        raise PeerError(
+            f"a total-only answer needs at least {MIN_ANSWERING_SET} answering nodes; "
+            f"with {len(peers)}, one member could compute another's mask"
+        )
+    if investigator in codes:
+        raise PeerError(
+            f"the answering set includes the investigator's own node ({investigator}); "
+            "its masks would unmask the others"
+        )
+    mine = next((p.member for p in peers if p.member.code == own.member.code), None)
+    if mine is None:
+        raise PeerError(f"the answering set does not include this node ({own.member.code})")
+    if mine != own.member:
+        raise PeerError("this node's entry in the answering set is not what it sent in round 1")
+    for peer in peers:
+        code = peer.member.code
         try:
-            identity = verify_issued_by(pem, ca_pem)
+            identity = verify_issued_by(peer.certificate_pem, ca_pem)
         except InvalidCertificate as exc:
             raise PeerError(f"peer {code}'s certificate is not valid: {exc}") from None
         if identity.jurisdiction != code or identity.role != ROLE_NODE:
             raise PeerError(f"peer {code}'s certificate names {identity.describe()}")
-    return pairwise_mask(key_pem, peers, own_code, total_nonce, figures)
+        if revoked.find(identity) is not None:
+            raise PeerError(f"peer {code}'s certificate is revoked")
+        statement = agreement_statement(peer.member, investigator)
+        if not verify_signature(peer.certificate_pem, statement, peer.signature):
+            raise PeerError(f"peer {code} did not sign its agreement key and salt")
+    return [p.member for p in peers]
+
+
+@dataclass(frozen=True)
+class PeerStatement:
+    """A member of the answering set as the coordinator forwarded it."""
+
+    member: MaskMember
+    certificate_pem: bytes
+    signature: bytes
+
+
+def peer_masks(
+    own: TotalOnlyRound,
+    investigator: str,
+    peers: Sequence[PeerStatement],
+    ca_pem: bytes,
+    revoked: RevocationList,
+    total_nonce: bytes,
+    figures: Sequence[str],
+) -> tuple[dict[str, int], bytes]:
+    """Pairwise masks for a total-only answer and the answering set's digest (signed)."""
+    members = checked_members(own, investigator, peers, ca_pem, revoked)
+    masks = pairwise_mask(own.agreement_private, own.member.code, members, total_nonce, figures)
+    return masks, answering_set_digest(total_nonce, members)
 
 
 class PublicContexts:
@@ -368,6 +451,7 @@ class PendingAggregate:
     nonce: str  # hex
     timestamp_unix_ms: int
     policy_version: str
+    total: TotalOnlyRound | None = None  # total-only: this node's agreement key and salt
     created: float = field(default_factory=time.monotonic)
 
 

@@ -12,6 +12,7 @@ figure plans, masks) are in `node.aggregate`; the gRPC side is
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -21,14 +22,16 @@ from typing import Any
 import grpc
 
 from fedtrace import group, psi
+from fedtrace.aggregate import MaskMember
 from fedtrace.aggregate_transcript import (
     AggregateTranscript,
     FigureTerms,
     answers_sha256,
     sequence_sha256,
 )
-from fedtrace.he import HeError, PublicHeContext
+from fedtrace.he import MAX_PUBLIC_CONTEXT_BYTES, PARAMETER_SET, HeError, PublicHeContext
 from fedtrace.pki import Identity
+from fedtrace.revocation import RevocationWatch
 from fedtrace.v1 import aggregate_pb2
 from fedtrace.wire import Level
 from node.aggregate import (
@@ -36,13 +39,16 @@ from node.aggregate import (
     AggregateTables,
     AggregateUnavailable,
     PeerError,
+    PeerStatement,
     PendingAggregate,
     PendingQueries,
     PublicContexts,
     answer_figures,
     peer_masks,
     plan_figures,
+    start_total_only,
 )
+from node.budget import ensure_schema
 from node.gate import Admission, QueryRefused
 from node.match import read_points
 from node.policy import QueryKind
@@ -75,6 +81,7 @@ class AggregateRounds:
         self.pending = PendingQueries()
         self.contexts = PublicContexts()
         self._ca_pem = state.config.tls.ca.read_bytes()
+        self._revocations = RevocationWatch(state.config.tls.revoked, ca_pem=self._ca_pem)
 
     def position_table(self, dataset_name: str, epoch_id: str) -> AggregateTable:
         """The table whose position tags an investigator fetches before round 1."""
@@ -108,13 +115,64 @@ class AggregateRounds:
             raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT, "epsilon must be positive")
 
     def epsilon_to_admit(self, identity: Identity, header: aggregate_pb2.AggregateHeader) -> float:
-        """The privacy loss to admit: as asked, or the grant's epsilon_per_query (0: noise off)."""
+        """The privacy loss to admit, which the node's policy decides (0: noise off).
+
+        Checked before admission, so nothing is charged for a refusal: the coordinator's
+        epsilon is 0 or exactly the grant's ``epsilon_per_query`` (a smaller epsilon
+        means more noise per answer but lets a partner split its budget into more
+        queries, so the node does not let it choose); the query names at least the
+        grant's ``min_cohort`` items (a zero-item or tiny round 1 would aim the
+        aggregate at a handful of records); and the grant's ``epsilon_lifetime``
+        still has room for one more query.
+        """
         grant = self._state.policies.current().grant_for(
             identity.jurisdiction, header.dataset, QueryKind.AGGREGATE
         )
-        if grant is None or not grant.noise:
+        if grant is None:
+            return 0.0  # the gate refuses it with its own reason
+        j = self._state.config.jurisdiction
+        if header.item_count < grant.min_cohort:
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{j} answers aggregates over at least {grant.min_cohort} watchlist items "
+                f"(min_cohort); this query names {header.item_count}",
+            )
+        if not grant.noise:
             return 0.0
-        return float(header.epsilon) if header.epsilon > 0 else grant.epsilon_per_query
+        epsilon = grant.epsilon_per_query
+        if header.epsilon > 0 and abs(header.epsilon - epsilon) > 1e-12:
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{j} answers {identity.jurisdiction}'s aggregates on {header.dataset!r} at "
+                f"epsilon {epsilon:g} per query, as its policy says; ask for that or leave "
+                "epsilon out",
+            )
+        if grant.epsilon_lifetime is None:
+            raise QueryRefused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{j}'s grant for {identity.jurisdiction} sets no epsilon_lifetime; "
+                "aggregates with noise are not answered without one",
+            )
+        spent = self._lifetime_spent(identity.jurisdiction, header.dataset, grant.valid_from)
+        if spent + epsilon > grant.epsilon_lifetime + 1e-9:
+            raise QueryRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{identity.jurisdiction} has spent epsilon {spent:g} of the "
+                f"{grant.epsilon_lifetime:g} its grant at {j} allows over its lifetime",
+            )
+        return epsilon
+
+    def _lifetime_spent(self, partner: str, dataset: str, since: dt.datetime | None) -> float:
+        """Epsilon charged to ``partner`` on ``dataset`` since the grant became valid."""
+        since_ms = int(since.timestamp() * 1000) if since is not None else 0
+        with self._state.database.session() as con:
+            ensure_schema(con)
+            row = con.execute(
+                "SELECT COALESCE(SUM(epsilon), 0) FROM policy_usage WHERE partner = ? AND "
+                "dataset = ? AND kind = ? AND charged_at_ms >= ?",
+                [partner, dataset, QueryKind.AGGREGATE.value, since_ms],
+            ).fetchone()
+        return float(row[0]) if row is not None else 0.0
 
     def round_one(
         self,
@@ -164,6 +222,11 @@ class AggregateRounds:
             raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid point: {exc}") from None
         response = b"".join(answer)
         query_id = secrets.token_bytes(16)
+        total = (
+            start_total_only(self._state.key_pem, j, identity.jurisdiction, query_id)
+            if header.total_only
+            else None
+        )
         self.pending.put(
             PendingAggregate(
                 query_id=query_id,
@@ -183,6 +246,7 @@ class AggregateRounds:
                 nonce=bytes(header.context.nonce).hex(),
                 timestamp_unix_ms=int(header.context.timestamp_unix_ms),
                 policy_version=admission.policy.version,
+                total=total,
             )
         )
         summary = aggregate_pb2.AggregateSummary(
@@ -206,6 +270,10 @@ class AggregateRounds:
             ],
             total_only=header.total_only,
             expires_in_seconds=int(self.pending.seconds),
+            he_parameter_set=PARAMETER_SET,
+            total_salt=total.member.salt if total else b"",
+            agreement_key=total.member.agreement_key if total else b"",
+            agreement_signature=total.signature if total else b"",
         )
         return RoundOne(summary, response)
 
@@ -225,14 +293,42 @@ class AggregateRounds:
                 grpc.StatusCode.NOT_FOUND,
                 "unknown or expired aggregate query id; run the query again",
             )
+        if header.he_parameter_set != PARAMETER_SET:
+            raise QueryRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"HE parameter set {header.he_parameter_set!r}; this node answers under "
+                f"{PARAMETER_SET}",
+            )
+        first_indicator: bytes | None = None
         if header.public_context_follows:
-            message = next(requests, None)
-            if message is None or message.WhichOneof("part") != "public_context":
+            size = header.public_context_bytes
+            if not 0 < size <= MAX_PUBLIC_CONTEXT_BYTES:
                 raise QueryRefused(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the public HE context must follow the header"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a public HE context of {size} bytes announced; at most "
+                    f"{MAX_PUBLIC_CONTEXT_BYTES} are accepted",
+                )
+            parts: list[bytes] = []
+            received = 0
+            for message in requests:
+                if message.WhichOneof("part") != "public_context":
+                    if message.WhichOneof("part") == "indicator":
+                        first_indicator = bytes(message.indicator)
+                    break
+                received += len(message.public_context)
+                if received > size:
+                    raise QueryRefused(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "more public HE context bytes than announced",
+                    )
+                parts.append(bytes(message.public_context))
+            if received != size:
+                raise QueryRefused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{received} of {size} public HE context bytes received before the indicator",
                 )
             try:
-                digest, public = self.contexts.load(bytes(message.public_context))
+                digest, public = self.contexts.load(b"".join(parts))
             except HeError as exc:
                 raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if digest != bytes(header.public_context_sha256):
@@ -249,7 +345,7 @@ class AggregateRounds:
                     "this node does not hold that public HE context; send it",
                 )
             digest, public = bytes(header.public_context_sha256), cached
-        indicators: list[bytes] = []
+        indicators: list[bytes] = [] if first_indicator is None else [first_indicator]
         for message in requests:
             if (
                 message.WhichOneof("part") != "indicator"
@@ -275,7 +371,19 @@ class AggregateRounds:
         state = self._state
         header, pending, digest = round_two.header, round_two.pending, round_two.context_sha256
         public, indicators = round_two.public_context, round_two.indicators
-        peers = {p.jurisdiction: bytes(p.certificate_pem) for p in header.peers}
+        peers = [
+            PeerStatement(
+                MaskMember(
+                    p.jurisdiction,
+                    bytes(p.query_id),
+                    bytes(p.total_salt),
+                    bytes(p.agreement_key),
+                ),
+                bytes(p.certificate_pem),
+                bytes(p.agreement_signature),
+            )
+            for p in header.peers
+        ]
         if pending.total_only != bool(peers):
             raise QueryRefused(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -283,13 +391,16 @@ class AggregateRounds:
             )
         figures = [p.figure for p in pending.plans]
         masks = None
+        set_digest = b""
         if pending.total_only:
+            assert pending.total is not None
             try:
-                masks = peer_masks(
-                    state.key_pem,
-                    state.config.jurisdiction,
+                masks, set_digest = peer_masks(
+                    pending.total,
+                    pending.investigator,
                     peers,
                     self._ca_pem,
+                    self._revocations.current(),
                     bytes(header.total_nonce),
                     figures,
                 )
@@ -327,8 +438,10 @@ class AggregateRounds:
             public_context_sha256=digest.hex(),
             indicator_sha256=sequence_sha256(indicators),
             answers_sha256=answers_sha256(ordered),
-            peers=tuple(sorted(peers)),
+            peers=tuple(sorted(p.member.code for p in peers)),
             total_nonce=bytes(header.total_nonce).hex(),
+            he_parameter_set=PARAMETER_SET,
+            answering_set_sha256=set_digest.hex(),
         )
         return ordered, transcript
 

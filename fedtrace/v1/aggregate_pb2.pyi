@@ -12,7 +12,8 @@ Two rounds bound by a query id the node keeps in memory for a few minutes:
      column and a signed transcript.
 Position tags (8 bytes per epoch-table row, in the table's order) are fetched once per epoch.
 Every message stays under 4 MiB: points in batches of at most 65,536, tags in 1 MiB chunks,
-one ciphertext (under 2 MiB) per message.
+one ciphertext (under 2 MiB) per message, and the public HE context (about 9.4 MB with its
+relinearisation keys) in consecutive `public_context` parts of at most 1 MiB.
 """
 
 from collections import abc as _abc
@@ -139,7 +140,7 @@ class AggregateHeader(_message.Message):
     total_only: _builtins.bool
     """only a federation total is wanted (pairwise masks)"""
     epsilon: _builtins.float
-    """privacy loss asked for the whole query; 0: the grant's"""
+    """0, or exactly the grant's epsilon_per_query (the node decides)"""
     @_builtins.property
     def context(self) -> _node_pb2.QueryContext: ...
     @_builtins.property
@@ -241,6 +242,10 @@ class AggregateSummary(_message.Message):
     NOISE_FIELD_NUMBER: _builtins.int
     TOTAL_ONLY_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    HE_PARAMETER_SET_FIELD_NUMBER: _builtins.int
+    TOTAL_SALT_FIELD_NUMBER: _builtins.int
+    AGREEMENT_KEY_FIELD_NUMBER: _builtins.int
+    AGREEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
     query_id: _builtins.bytes
     """binds round 2 to this admitted query"""
     dataset: _builtins.str
@@ -257,6 +262,14 @@ class AggregateSummary(_message.Message):
     total_only: _builtins.bool
     expires_in_seconds: _builtins.int
     """round 2 must arrive before the query id expires"""
+    he_parameter_set: _builtins.str
+    """the HE parameters the node accepts in round 2"""
+    total_salt: _builtins.bytes
+    """Total-only: this node's share of the mask nonce and its X25519 key for this query only,
+    signed by the node's certificate key (see fedtrace.aggregate.agreement_statement).
+    """
+    agreement_key: _builtins.bytes
+    agreement_signature: _builtins.bytes
     @_builtins.property
     def noise(self) -> _containers.RepeatedCompositeFieldContainer[Global___FigureNoise]: ...
     def __init__(
@@ -274,10 +287,14 @@ class AggregateSummary(_message.Message):
         noise: _abc.Iterable[Global___FigureNoise] | None = ...,
         total_only: _builtins.bool = ...,
         expires_in_seconds: _builtins.int = ...,
+        he_parameter_set: _builtins.str = ...,
+        total_salt: _builtins.bytes = ...,
+        agreement_key: _builtins.bytes = ...,
+        agreement_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "expires_in_seconds", b"expires_in_seconds", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "min_cohort", b"min_cohort", "noise", b"noise", "policy_version", b"policy_version", "query_id", b"query_id", "row_count", b"row_count", "total_only", b"total_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_key", b"agreement_key", "agreement_signature", b"agreement_signature", "dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "expires_in_seconds", b"expires_in_seconds", "he_parameter_set", b"he_parameter_set", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "min_cohort", b"min_cohort", "noise", b"noise", "policy_version", b"policy_version", "query_id", b"query_id", "row_count", b"row_count", "total_only", b"total_only", "total_salt", b"total_salt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,21 +330,38 @@ Global___AggregateEvaluateResponse: _TypeAlias = AggregateEvaluateResponse  # no
 
 @_typing.final
 class PeerCertificate(_message.Message):
+    """One member of a total-only answering set, as its round-1 summary stated it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JURISDICTION_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_SALT_FIELD_NUMBER: _builtins.int
+    AGREEMENT_KEY_FIELD_NUMBER: _builtins.int
+    AGREEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
     jurisdiction: _builtins.str
     certificate_pem: _builtins.bytes
+    query_id: _builtins.bytes
+    """the member's own round-1 query id"""
+    total_salt: _builtins.bytes
+    agreement_key: _builtins.bytes
+    """X25519, 32 bytes"""
+    agreement_signature: _builtins.bytes
+    """by certificate_pem's key over the statement"""
     def __init__(
         self,
         *,
         jurisdiction: _builtins.str = ...,
         certificate_pem: _builtins.bytes = ...,
+        query_id: _builtins.bytes = ...,
+        total_salt: _builtins.bytes = ...,
+        agreement_key: _builtins.bytes = ...,
+        agreement_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "jurisdiction", b"jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_key", b"agreement_key", "agreement_signature", b"agreement_signature", "certificate_pem", b"certificate_pem", "jurisdiction", b"jurisdiction", "query_id", b"query_id", "total_salt", b"total_salt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,6 +377,8 @@ class IndicatorHeader(_message.Message):
     INDICATOR_COUNT_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     TOTAL_NONCE_FIELD_NUMBER: _builtins.int
+    HE_PARAMETER_SET_FIELD_NUMBER: _builtins.int
+    PUBLIC_CONTEXT_BYTES_FIELD_NUMBER: _builtins.int
     query_id: _builtins.bytes
     public_context_sha256: _builtins.bytes
     """the node may hold this context already"""
@@ -352,6 +388,10 @@ class IndicatorHeader(_message.Message):
     """ciphertexts that follow"""
     total_nonce: _builtins.bytes
     """total-only: the same 16+ random bytes for every node"""
+    he_parameter_set: _builtins.str
+    """must be the one the node announced in round 1"""
+    public_context_bytes: _builtins.int
+    """length of the public context whose parts follow"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerCertificate]:
         """total-only: every answering node, this one included"""
@@ -365,10 +405,12 @@ class IndicatorHeader(_message.Message):
         indicator_count: _builtins.int = ...,
         peers: _abc.Iterable[Global___PeerCertificate] | None = ...,
         total_nonce: _builtins.bytes = ...,
+        he_parameter_set: _builtins.str = ...,
+        public_context_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator_count", b"indicator_count", "peers", b"peers", "public_context_follows", b"public_context_follows", "public_context_sha256", b"public_context_sha256", "query_id", b"query_id", "total_nonce", b"total_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_parameter_set", b"he_parameter_set", "indicator_count", b"indicator_count", "peers", b"peers", "public_context_bytes", b"public_context_bytes", "public_context_follows", b"public_context_follows", "public_context_sha256", b"public_context_sha256", "query_id", b"query_id", "total_nonce", b"total_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,7 +418,9 @@ Global___IndicatorHeader: _TypeAlias = IndicatorHeader  # noqa: Y015
 
 @_typing.final
 class AggregateRequest(_message.Message):
-    """Round 2, client stream: header, the public context (unless cached), the indicator ciphertexts."""
+    """Round 2, client stream: header, the public context in parts (unless cached), the indicator
+    ciphertexts.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -384,6 +428,7 @@ class AggregateRequest(_message.Message):
     PUBLIC_CONTEXT_FIELD_NUMBER: _builtins.int
     INDICATOR_FIELD_NUMBER: _builtins.int
     public_context: _builtins.bytes
+    """one part; the parts concatenate to public_context_bytes"""
     indicator: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___IndicatorHeader: ...

@@ -12,7 +12,8 @@ Two rounds bound by a query id the node keeps in memory for a few minutes:
      column and a signed transcript.
 Position tags (8 bytes per epoch-table row, in the table's order) are fetched once per epoch.
 Every message stays under 4 MiB: points in batches of at most 65,536, tags in 1 MiB chunks,
-one ciphertext (under 2 MiB) per message.
+one ciphertext (under 2 MiB) per message, and the public HE context (about 9.4 MB with its
+relinearisation keys) in consecutive `public_context` parts of at most 1 MiB.
 """
 
 from collections import abc as _abc

@@ -35,6 +35,8 @@ disclosure = "aggregate"
 max_items_per_query = 1000
 aggregate_columns = ["total_in_eur"]
 clip = { total_in_eur = [0, 1000] }
+epsilon_budget = { epsilon = 50.0, per = "30d" }
+epsilon_lifetime = 500.0
 """
 
 

@@ -24,6 +24,8 @@ max_items_per_query = 100
 aggregate_columns = ["total_in_eur"]
 clip = { total_in_eur = [0, 10000] }
 epsilon_per_query = 0.5
+epsilon_budget = { epsilon = 5.0, per = "30d" }
+epsilon_lifetime = 50.0
 rate_limit = { queries = 10, per = "day" }
 [[grant]]
 partners = ["NL"]

@@ -29,6 +29,8 @@ disclosure = "aggregate"
 max_items_per_query = 100
 aggregate_columns = ["total_in_eur"]
 clip = { total_in_eur = [0, 1000] }
+epsilon_budget = { epsilon = 50.0, per = "30d" }
+epsilon_lifetime = 500.0
 """
 
 
@@ -107,7 +109,7 @@ def _round_one(epoch_id: str) -> Iterator[aggregate_pb2.AggregateEvaluateRequest
         epoch_id=epoch_id,
         item_count=1,
         columns=["total_in_eur"],
-        epsilon=1e-6,
+        epsilon=1.0,
     )
     yield aggregate_pb2.AggregateEvaluateRequest(header=header)
     yield aggregate_pb2.AggregateEvaluateRequest(points=node_pb2.PointBatch(points=points(1)))

@@ -47,6 +47,8 @@ def _policy(code: str) -> str:
             "clip = { total_in_eur = [0, 100000000], tx_count = [0, 100000] }",
             f"min_cohort = {cohort}",
             "epsilon_per_query = 1.0",
+            'epsilon_budget = { epsilon = 50.0, per = "30d" }',
+            "epsilon_lifetime = 500.0",
             "",
             "[[grant]]",
             'partners = ["FR"]',

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedtrace import aggregate, he, pki, psi
+from fedtrace import aggregate, he, psi
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +60,22 @@ def test_noise_and_slots_masked(secret: he.SecretHeContext) -> None:
     assert sum(slot > he.PLAIN_MODULUS // 2 for slot in slots) > he.SLOT_COUNT // 3
 
 
-def _node_keys(tmp: Path, codes: list[str]) -> dict[str, tuple[bytes, bytes]]:
-    ca = tmp / "ca"
-    pki.init_ca(ca)
-    keys = {}
+def _members(codes: list[str]) -> dict[str, tuple[X25519PrivateKey, aggregate.MaskMember]]:
+    out = {}
     for code in codes:
-        out = tmp / code
-        pki.issue(ca, out, name=code, role="node")
-        keys[code] = ((out / pki.KEY_FILE).read_bytes(), (out / pki.CERT_FILE).read_bytes())
-    return keys
+        private, public, salt = aggregate.new_agreement_key()
+        out[code] = (private, aggregate.MaskMember(code, code.encode() * 8, salt, public))
+    return out
 
 
 @pytest.mark.parametrize("count", [3, 4])
-def test_pairwise_masks_cancel(tmp_path: Path, count: int) -> None:
+def test_pairwise_masks_cancel(count: int) -> None:
     codes = ["EE", "FR", "SG", "DE"][:count]
-    keys = _node_keys(tmp_path, codes)
-    certs = {code: cert for code, (_, cert) in keys.items()}
+    keys = _members(codes)
+    members = [member for _, member in keys.values()]
     nonce = b"n" * 16
     masks = {
-        code: aggregate.pairwise_mask(keys[code][0], certs, code, nonce, ["a", "b"])
+        code: aggregate.pairwise_mask(keys[code][0], code, members, nonce, ["a", "b"])
         for code in codes
     }
     for column in ("a", "b"):

@@ -7,12 +7,26 @@ import pytest
 from coordinator.aggregate import AggregateQuery, run_aggregate
 from coordinator.epoch_cache import TagCache
 from fedtrace.wire import NodeStatus
-from tests.unit.test_match_in_memory import InMemoryFederation, eth, revoked_node, two_nodes
+from tests.unit.test_match_in_memory import (
+    InMemoryFederation,
+    eth,
+    full_policy,
+    revoked_node,
+    two_nodes,
+)
 
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> InMemoryFederation:
     return two_nodes(tmp_path_factory.mktemp("aggregate"))
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> InMemoryFederation:
+    """EE and LT as in `two_nodes`, and LV: a federation total needs three answering nodes."""
+    memory = two_nodes(tmp_path_factory.mktemp("aggregate-three"))
+    memory.add_node("LV", full_policy("LV"), {eth(n) for n in range(301, 701)})
+    return memory
 
 
 def _expected(memory: InMemoryFederation, code: str, items: list[str]) -> tuple[int, float]:
@@ -61,18 +75,33 @@ def test_each_node_sums_exactly_its_matched_records(memory: InMemoryFederation) 
         assert figures["total_in_eur"].amount() == pytest.approx(total)
 
 
-def test_total_only_gives_one_federation_total(memory: InMemoryFederation) -> None:
+def test_total_only_gives_one_federation_total(three: InMemoryFederation) -> None:
     items = [eth(n) for n in range(350, 460)]
     outcome = run_aggregate(
-        memory.federation("DE"),
+        three.federation("DE"),
         _query(items, total_only=True),
-        memory.connections("DE"),
-        memory.ca_pem,
+        three.connections("DE"),
+        three.ca_pem,
     )
     assert all(r.result.status == NodeStatus.OK and r.figures is None for r in outcome.results)
     assert outcome.total is not None and outcome.total.status == NodeStatus.OK
-    expected = sum(_expected(memory, code, items)[0] for code in ("EE", "LT"))
+    expected = sum(_expected(three, code, items)[0] for code in ("EE", "LT", "LV"))
     assert (outcome.total.figures or {})["match_count"].amount() == expected
+    transcript = outcome.results[0].result.signature["transcript"]  # type: ignore[index]
+    assert list(transcript["peers"]) == ["EE", "LT", "LV"] and transcript["answering_set_sha256"]
+
+
+def test_total_only_over_two_nodes_gives_one_total(memory: InMemoryFederation) -> None:
+    """Two answering nodes (never the investigator's own) are enough for a masked total."""
+    outcome = run_aggregate(
+        memory.federation("DE"),
+        _query([eth(450)], total_only=True),
+        memory.connections("DE"),
+        memory.ca_pem,
+    )
+    assert outcome.total is not None and outcome.total.status == NodeStatus.OK, [
+        r.result.reason for r in outcome.results
+    ]
 
 
 def test_a_partner_without_an_aggregate_grant_is_denied_at_every_node(

@@ -28,3 +28,10 @@ def test_spread_matches_scale() -> None:
     assert 0.85 < statistics.pstdev(draws) / expected_sd < 1.15
     inside = sum(abs(d) <= spec.half_width_95 for d in draws) / len(draws)
     assert 0.93 < inside < 0.97
+
+
+def test_sensitivity_covers_substitution_and_add_remove() -> None:
+    assert dp.sensitivity(-1000, 1000) == 2000  # substitution: hi - lo
+    assert dp.sensitivity(100, 1000) == 1000  # add/remove: max(|lo|, |hi|)
+    assert dp.sensitivity(-300, -100) == 300
+    assert dp.sensitivity(0, 0) == 1

@@ -8,6 +8,10 @@ import pytest
 
 from fedtrace import he
 
+#: A flooded answer keeps about 2^-8 of invariant noise headroom (he.FLOOD_HEADROOM_BITS);
+#: before flooding, answers kept about 30 bits, and these tests asked for 25.
+FLOODED_BUDGET_BITS = he.FLOOD_HEADROOM_BITS - 2
+
 
 @pytest.fixture(scope="module")
 def secret() -> he.SecretHeContext:
@@ -28,7 +32,7 @@ def test_exact_sum_near_bound(secret: he.SecretHeContext) -> None:
         public.load_indicators(secret.encrypt_indicator(bits)), column, [0] * he.SLOT_COUNT
     )
     assert secret.decrypt_sum(answer) == sum(column) >= 10**15 - rows
-    assert secret.noise_budget(answer) > 10
+    assert secret.noise_budget(answer) >= FLOODED_BUDGET_BITS
 
 
 def test_public_context_cannot_decrypt(secret: he.SecretHeContext) -> None:
@@ -52,15 +56,15 @@ def test_rejects_malformed_context() -> None:
 
 
 def test_answer_switched_to_lowest_level_and_smaller(secret: he.SecretHeContext) -> None:
-    """Answers leave at 2 primes (the last level SEAL keeps above t) and shrank by a third."""
+    """Answers leave at 2 primes (the last level SEAL keeps above t) , flooded."""
     public = he.PublicHeContext.from_bytes(secret.public_bytes())
     batch = public.load_indicators(secret.encrypt_indicator([1, 0, 1]))
     answer = public.masked_dot(batch, [3, 4, 5], [0] * he.SLOT_COUNT)
     assert he.ANSWER_PRIMES == 2 and secret.primes(answer) == 2
-    # A 3-prime answer serialised to ~707 KB; a 2-prime one is at most its raw size.
+    # A 2-prime answer is at most its raw size (flooded, so zstd gains nothing).
     assert len(answer) <= 2 * he.SLOT_COUNT * 2 * 8 + 256 < 600_000
     assert secret.decrypt_sum(answer) == 8
-    assert secret.noise_budget(answer) >= 25
+    assert secret.noise_budget(answer) >= FLOODED_BUDGET_BITS
 
 
 @pytest.mark.parametrize("sign", [1, -1])
@@ -78,7 +82,7 @@ def test_exact_at_the_bound_after_switching(secret: he.SecretHeContext, sign: in
     assert sum(column) == sign * 10**15
     assert secret.primes(answer) == he.ANSWER_PRIMES
     assert secret.decrypt_sum(answer) == sign * (he.PLAIN_MODULUS // 4)
-    assert secret.noise_budget(answer) >= 25
+    assert secret.noise_budget(answer) >= FLOODED_BUDGET_BITS
 
 
 def test_exact_on_random_data_after_switching(secret: he.SecretHeContext) -> None:
@@ -94,4 +98,4 @@ def test_exact_on_random_data_after_switching(secret: he.SecretHeContext) -> Non
     for row, (bit, value) in enumerate(zip(bits, column, strict=True)):
         expected[row % he.SLOT_COUNT] += bit * value
     assert secret.decrypt_slots(answer) == [v % he.PLAIN_MODULUS for v in expected]
-    assert secret.noise_budget(answer) >= 25
+    assert secret.noise_budget(answer) >= FLOODED_BUDGET_BITS

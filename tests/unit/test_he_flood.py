@@ -1,4 +1,5 @@
-"""Circuit-private aggregates (`fedtrace.he_flood`): exactness, indicator check, flood margin."""
+"""Circuit-private aggregates (`fedtrace.he`, margin in `fedtrace.he_flood`): exactness, indicator
+check, flood margin."""
 
 from __future__ import annotations
 
@@ -9,32 +10,29 @@ import pytest
 # Seconds of lattice arithmetic per test: the slow tier.
 pytestmark = pytest.mark.slow
 
-pytest.importorskip(
-    "tenseal.sealapi", reason="TenSEAL's SEAL bindings are not importable; he_flood needs them"
-)
+pytest.importorskip("tenseal.sealapi", reason="TenSEAL's SEAL bindings are not importable")
 
-from fedtrace.he import HeError  # noqa: E402
-from fedtrace.he_flood import (  # noqa: E402
+from fedtrace.he import (  # noqa: E402
     ANSWER_PRIMES,
     MAX_CHUNKS,
     PLAIN_MODULUS,
     REQUIRED_MARGIN_BITS,
     SLOT_COUNT,
-    FloodPublicContext,
-    FloodSecretContext,
-    measure_margin,
+    HeError,
+    PublicHeContext,
+    SecretHeContext,
     signed,
     uniform_residues,
-    worst_case_margin_bits,
 )
+from fedtrace.he_flood import measure_margin, worst_case_margin_bits  # noqa: E402
 
 _rng = secrets.SystemRandom()
 
 
 @pytest.fixture(scope="module")
-def keys() -> tuple[FloodSecretContext, FloodPublicContext]:
-    secret = FloodSecretContext.generate()
-    return secret, FloodPublicContext.from_bytes(secret.public_bytes())  # through bytes
+def keys() -> tuple[SecretHeContext, PublicHeContext]:
+    secret = SecretHeContext.generate()
+    return secret, PublicHeContext.from_bytes(secret.public_bytes())  # through bytes
 
 
 def _mask(total: int) -> list[int]:
@@ -60,7 +58,7 @@ def test_honest_indicator_gives_the_exact_dot_product(keys) -> None:
     column[rows - 1], bits[rows - 1] = 10**15, 1  # one large transfer, in cents
     noise = -12345
     batch = public.load_indicators(secret.encrypt_indicator(bits))
-    answer = public.answer(batch, column, _mask(noise))
+    answer = public.masked_dot(batch, column, _mask(noise))
     assert secret.primes(answer) == ANSWER_PRIMES
     assert (
         secret.decrypt_sum(answer) == sum(b * v for b, v in zip(bits, column, strict=True)) + noise
@@ -87,8 +85,8 @@ def test_weighted_slots_contribute_uniform_residues(keys, weight: int) -> None:
     ones = set(_rng.sample(sorted(set(range(SLOT_COUNT)) - weighted), 100))
     values = [weight if s in weighted else 1 if s in ones else 0 for s in range(SLOT_COUNT)]
     column = [_rng.randint(1, 10**12) for _ in range(SLOT_COUNT)]
-    batch = public.load_indicators(secret._encrypt_slots(values))  # bypasses the 0/1 check
-    slots = secret.decrypt_slots(public.answer(batch, column, [0] * SLOT_COUNT))
+    batch = public.load_indicators(secret.encrypt_slots(values))  # bypasses the 0/1 check
+    slots = secret.decrypt_slots(public.masked_dot(batch, column, [0] * SLOT_COUNT))
     for s in ones:
         assert slots[s] == column[s]
     for s in set(range(SLOT_COUNT)) - weighted - ones:
@@ -111,9 +109,9 @@ def test_a_single_weighted_row_randomises_the_sum(keys) -> None:
     values = list(honest)
     values[target] = 2**29
     rest = sum(b * v for b, v in zip(honest, column, strict=True))
-    batch = public.load_indicators(secret._encrypt_slots(values))
+    batch = public.load_indicators(secret.encrypt_slots(values))
     contributions = [
-        (secret.decrypt_sum(public.answer(batch, column, _mask(0))) - rest) % PLAIN_MODULUS
+        (secret.decrypt_sum(public.masked_dot(batch, column, _mask(0))) - rest) % PLAIN_MODULUS
         for _ in range(8)
     ]
     assert len(set(contributions)) == len(contributions)
@@ -141,14 +139,14 @@ def test_flood_margin_is_measured_above_the_requirement(keys) -> None:
 def test_serialisation_round_trip(keys) -> None:
     secret, public = keys
     blob = secret.public_bytes()
-    again = FloodPublicContext.from_bytes(blob)
+    again = PublicHeContext.from_bytes(blob)
     assert again.serialize() == blob == public.serialize()
     assert "secret" not in repr(again).lower()
     for broken in (blob[:-1], b"XXXX" + blob[4:], blob + b"\x00", blob[:40]):
         with pytest.raises(HeError):
-            FloodPublicContext.from_bytes(broken)
+            PublicHeContext.from_bytes(broken)
     indicators = secret.encrypt_indicator([1, 0, 1])
-    answer = again.answer(again.load_indicators(indicators), [5, 7, 11], _mask(0))
+    answer = again.masked_dot(again.load_indicators(indicators), [5, 7, 11], _mask(0))
     assert signed(secret.decrypt_sum(bytes(answer))) == 16
     with pytest.raises(HeError):  # an answer is not a fresh indicator
         again.load_indicators([answer])
