@@ -13,13 +13,16 @@ import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from coordinator.certificates import check_investigator
 from coordinator.signatures import ReportVerification
+from fedtrace.errors import FedtraceError
 from fedtrace.followup import (
     EXPORT_DOCUMENT,
     KIND_DISCLOSE,
+    KIND_FREEZE,
     FollowUpRecord,
     canonical_json,
     record_digest,
@@ -191,6 +194,15 @@ def case_record_html(document: dict[str, Any]) -> str:
         if r.kind == KIND_DISCLOSE
         else f"preservation for {r.preservation_days} days"
     )
+    freeze: list[tuple[str, Any]] = []
+    if r.kind == KIND_FREEZE:
+        asked = f"freeze of EUR {r.amount_eur:,} for {r.preservation_days} days"
+        freeze = [
+            ("frozen until", r.frozen_until or "-"),
+            ("released", r.released_at or "-"),
+            ("released by", r.released_by or "-"),
+            ("release reason", r.release_reason or "-"),
+        ]
     disclosed = ""
     for number, held in enumerate(r.disclosed, 1):
         disclosed += f"<h3>Record {number}</h3>\n<table>\n{_rows(list(held.items()))}\n</table>\n"
@@ -235,6 +247,7 @@ table{{border-collapse:collapse;margin-bottom:1em}}</style></head><body>
                 ("fields disclosed", r.fields_disclosed),
                 ("fields withheld", r.fields_withheld),
                 ("preserved until", r.preserved_until or "-"),
+                *freeze,
                 ("policy version", r.policy_version),
             ]
         )
@@ -263,3 +276,16 @@ table{{border-collapse:collapse;margin-bottom:1em}}</style></head><body>
 <code>fedtrace report verify FILE.json --ca CA.pem</code>.</p>
 </body></html>
 """
+
+
+def write_case_record(document: dict[str, Any], directory: Path, stem: str) -> tuple[Path, Path]:
+    """Write the signed case record as `stem.json` and its page as `stem.html` in `directory`."""
+    json_path, html_path = directory / f"{stem}.json", directory / f"{stem}.html"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        json_path.write_text(text, encoding="utf-8")
+        html_path.write_text(case_record_html(document), encoding="utf-8")
+    except OSError as exc:
+        raise FedtraceError(f"{directory}: cannot write the case record: {exc.strerror}") from None
+    return json_path, html_path

@@ -1,6 +1,6 @@
 """The investigator's follow-up requests: submit one, follow their state, report them.
 
-`submit_request` sends one disclosure or preservation request to one node;
+`submit_request` sends one disclosure, preservation or freeze request to one node;
 `request_status` asks nodes (through coordinator.fanout) for the investigator's
 requests under a case. Every record a node returns is checked before it is shown:
 its digest, the node's certificate (chains to the federation CA, names that node,
@@ -23,7 +23,7 @@ from coordinator.progress import Progress, silent
 from coordinator.results import NodeFailure
 from coordinator.transport import Connections, NodeConnection
 from fedtrace.errors import FedtraceError
-from fedtrace.followup import KIND_DISCLOSE, record_digest, state_label
+from fedtrace.followup import KIND_DISCLOSE, KIND_FREEZE, FollowUpRecord, record_digest, state_label
 from fedtrace.identifiers import InvalidIdentifier, canonical_address, parse_person
 from fedtrace.transcript import SIGNATURE_ALGORITHM
 from fedtrace.v1 import node_pb2, requests_pb2
@@ -32,6 +32,7 @@ from fedtrace.wire import Level, NodeStatus
 KINDS = {
     "disclose": requests_pb2.FOLLOW_UP_KIND_DISCLOSE,
     "preserve": requests_pb2.FOLLOW_UP_KIND_PRESERVE,
+    "freeze": requests_pb2.FOLLOW_UP_KIND_FREEZE,
 }
 
 
@@ -95,14 +96,15 @@ class FollowUpResult:
 
 @dataclass(frozen=True)
 class FollowUpAsk:
-    kind: str  # disclose | preserve
+    kind: str  # disclose | preserve | freeze
     dataset: str
     item: str  # as typed; canonicalised for the dataset's kind
     case_ref: str
     legal_basis: str
     reason: str = ""
     fields: tuple[str, ...] = ()
-    preservation_days: int = 0
+    preservation_days: int = 0  # preserve: 0 asks the policy's longest; freeze: the days asked
+    amount_eur: int = 0  # freeze: the amount to restrain
     identifier_kind: str | None = None  # wallet | person; None: as the node's dataset says
 
 
@@ -164,6 +166,7 @@ def submit_request(
             reason=ask.reason,
             fields=list(ask.fields),
             preservation_days=ask.preservation_days,
+            amount_eur=ask.amount_eur,
         )
         progress(entry.name, f"submitting the {ask.kind} request")
         answer = connection.submit(request, deadline.remaining())
@@ -229,6 +232,15 @@ def report_json(case: str, query: str, dataset: str, results: Sequence[FollowUpR
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
+def asked_text(r: FollowUpRecord) -> str:
+    """What a request asked, in a few words."""
+    if r.kind == KIND_DISCLOSE:
+        return ", ".join(r.fields_asked)
+    if r.kind == KIND_FREEZE:
+        return f"freeze of EUR {r.amount_eur:,} for {r.preservation_days} days"
+    return f"{r.preservation_days} days"
+
+
 def report_table(case: str, query: str, results: Sequence[FollowUpResult]) -> str:
     lines = [f"{query} · case {case}"]
     for result in results:
@@ -239,11 +251,7 @@ def report_table(case: str, query: str, results: Sequence[FollowUpResult]) -> st
             lines.append(f"{result.node}: no requests under this case")
         for signed in result.requests:
             r = signed.record
-            asks = (
-                ", ".join(r.fields_asked)
-                if r.kind == KIND_DISCLOSE
-                else f"{r.preservation_days} days"
-            )
+            asks = asked_text(r)
             lines.append(
                 f"{r.jurisdiction} {r.request_id}: {r.kind} {r.dataset} {r.item} — "
                 f"{state_label(r.state).upper()} (asked {asks}; submitted {r.submitted_at}"
@@ -256,6 +264,10 @@ def report_table(case: str, query: str, results: Sequence[FollowUpResult]) -> st
                 lines.append(f"    withheld: {', '.join(r.fields_withheld)}")
             if r.preserved_until:
                 lines.append(f"    preserved until {r.preserved_until}")
+            if r.kind == KIND_FREEZE and r.frozen_until:
+                lines.append(f"    frozen until {r.frozen_until}")
+            if r.released_at:
+                lines.append(f"    released {r.released_at} by {r.released_by}: {r.release_reason}")
             for number, held in enumerate(r.disclosed, 1):
                 prefix = f"    record {number}: " if len(r.disclosed) > 1 else "    "
                 lines.append(prefix + "; ".join(f"{k} = {value_text(v)}" for k, v in held.items()))

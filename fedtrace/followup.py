@@ -1,4 +1,4 @@
-"""Follow-up records: what a node signs about a disclosure or preservation request.
+"""Follow-up records: what a node signs about a disclosure, preservation or freeze request.
 
 A follow-up (docs/requests.md) is answered with a record: the request as the node
 received it (case, legal basis, dataset, item, reason, fields or period asked),
@@ -19,13 +19,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-RECORD_FORMAT = "fedtrace-followup-v1"
+RECORD_FORMAT = "fedtrace-followup-v2"
+# v1 records (before freeze orders) lack the freeze fields; they still parse and verify.
+RECORD_FORMAT_V1 = "fedtrace-followup-v1"
 RECORD_DOMAIN = b"fedtrace-followup-record-v1\x00"
 EXPORT_DOCUMENT = "fedtrace-followup-case-record-v1"
 
 KIND_DISCLOSE = "disclose"
 KIND_PRESERVE = "preserve"
-KINDS = (KIND_DISCLOSE, KIND_PRESERVE)
+KIND_FREEZE = "freeze"  # a restraint order on the assets behind a hit
+KINDS = (KIND_DISCLOSE, KIND_PRESERVE, KIND_FREEZE)
 
 PENDING = "pending"
 APPROVED = "approved"
@@ -33,8 +36,11 @@ PARTLY_APPROVED = "partly-approved"
 REFUSED = "refused"
 EXPIRED = "expired"
 NO_RECORD = "no-record"
-STATES = (PENDING, APPROVED, PARTLY_APPROVED, REFUSED, EXPIRED, NO_RECORD)
-FINAL_STATES = (APPROVED, PARTLY_APPROVED, REFUSED, EXPIRED, NO_RECORD)
+FROZEN = "frozen"  # freeze: approved, in force until `frozen_until`
+RELEASED = "released"  # freeze: lifted by the officer before `frozen_until`
+STATES = (PENDING, APPROVED, PARTLY_APPROVED, REFUSED, EXPIRED, NO_RECORD, FROZEN, RELEASED)
+FINAL_STATES = (APPROVED, PARTLY_APPROVED, REFUSED, EXPIRED, NO_RECORD, RELEASED)
+_FREEZE_FIELDS = ("amount_eur", "frozen_until", "released_at", "released_by", "release_reason")
 
 
 def canonical_json(document: Any) -> bytes:
@@ -50,7 +56,7 @@ class FollowUpRecord:
     request_id: str
     jurisdiction: str  # the node answering
     investigator: str  # the asking jurisdiction, from its certificate
-    kind: str  # disclose | preserve
+    kind: str  # disclose | preserve | freeze
     state: str  # one of STATES
     case_ref: str
     legal_basis: str
@@ -58,7 +64,7 @@ class FollowUpRecord:
     dataset: str
     item: str  # canonical identifier the request is about (the node learns it)
     fields_asked: list[str]
-    preservation_days: int  # preserve: the period asked (after the policy's default)
+    preservation_days: int  # preserve, freeze: the period asked (after the policy's default)
     submitted_at: str  # ISO 8601 UTC
     deadline: str  # "" when the policy sets no answer_within_days
     decided_at: str
@@ -72,9 +78,18 @@ class FollowUpRecord:
     nonce: str  # hex, from the request's QueryContext: links the record to the audit trail
     signed_at: str
     record_format: str = field(default=RECORD_FORMAT)
+    amount_eur: int = 0  # freeze: the amount to restrain, in whole euros
+    frozen_until: str = ""  # freeze: end of the restraint, from the approval
+    released_at: str = ""  # freeze: when the officer lifted it ("" while it holds)
+    released_by: str = ""
+    release_reason: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        document = dataclasses.asdict(self)
+        if self.record_format == RECORD_FORMAT_V1:  # exactly the fields the node signed
+            for name in _FREEZE_FIELDS:
+                del document[name]
+        return document
 
     def canonical_json(self) -> bytes:
         return canonical_json(self.as_json())
@@ -86,6 +101,8 @@ class FollowUpRecord:
     def from_json(cls, document: object) -> FollowUpRecord:
         """Parse a record strictly: exactly the record fields, each of its type."""
         names = {f.name: f.type for f in dataclasses.fields(cls)}
+        if isinstance(document, dict) and document.get("record_format") == RECORD_FORMAT_V1:
+            names = {k: v for k, v in names.items() if k not in _FREEZE_FIELDS}
         if not isinstance(document, dict) or set(document) != set(names):
             raise ValueError("not a follow-up record: it does not have exactly the record fields")
         for name, kind in names.items():
@@ -93,7 +110,7 @@ class FollowUpRecord:
             expected: type = {"str": str, "int": int}.get(str(kind), list)
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise ValueError(f"follow-up record field {name!r} is not a {kind}")
-        if document["record_format"] != RECORD_FORMAT:
+        if document["record_format"] not in (RECORD_FORMAT, RECORD_FORMAT_V1):
             raise ValueError(f"unknown follow-up record format {document['record_format']!r}")
         if document["state"] not in STATES or document["kind"] not in KINDS:
             raise ValueError("follow-up record has an unknown state or kind")

@@ -1,4 +1,4 @@
-"""Follow-up requests at the node: disclosure and preservation requests, their states and decisions.
+"""Follow-up requests at the node: disclosure, preservation and freeze requests, their states.
 
 Plain functions over the node database (tests call them without gRPC):
 
@@ -9,6 +9,7 @@ Plain functions over the node database (tests call them without gRPC):
 - `submit`, `approve`, `refuse`, `expire_overdue` move a request through its states
   (pending → approved | partly-approved | refused | expired; no-record at once) in
   the `followup_requests` table, so the officer's commands work while the node serves.
+  Freeze orders (pending → frozen → released | expired) are in `node.followup_freeze`.
 - `record_of` turns a row into the `fedtrace.followup.FollowUpRecord` the node signs.
 
 Nothing here writes an identifier into the audit trail: entries name the request id.
@@ -31,7 +32,9 @@ from fedtrace.errors import FedtraceError
 from fedtrace.followup import (
     APPROVED,
     EXPIRED,
+    FROZEN,
     KIND_DISCLOSE,
+    KIND_FREEZE,
     KIND_PRESERVE,
     NO_RECORD,
     PARTLY_APPROVED,
@@ -63,34 +66,25 @@ CREATE TABLE IF NOT EXISTS followup_requests (
     disclosed VARCHAR NOT NULL, preserved_until VARCHAR NOT NULL,
     policy_version VARCHAR NOT NULL, grant_index INTEGER NOT NULL, nonce VARCHAR NOT NULL);
 """
+# Added with freeze orders; tables made before get them with these defaults.
+_FREEZE_COLUMNS = {
+    "amount_eur": "BIGINT NOT NULL DEFAULT 0",
+    "frozen_until": "VARCHAR NOT NULL DEFAULT ''",
+    "released_at": "VARCHAR NOT NULL DEFAULT ''",
+    "released_by": "VARCHAR NOT NULL DEFAULT ''",
+    "release_reason": "VARCHAR NOT NULL DEFAULT ''",
+}
 _COLUMNS = (
-    "request_id",
-    "kind",
-    "partner",
-    "partner_subject",
-    "case_ref",
-    "legal_basis",
-    "reason",
-    "dataset",
-    "item",
-    "fields_asked",
-    "preservation_days",
-    "submitted_at",
-    "deadline",
-    "state",
-    "decided_at",
-    "decided_by",
-    "decision_reason",
-    "fields_disclosed",
-    "fields_withheld",
-    "disclosed",
-    "preserved_until",
-    "policy_version",
-    "grant_index",
-    "nonce",
+    *"""
+    request_id kind partner partner_subject case_ref legal_basis reason dataset item
+    fields_asked preservation_days submitted_at deadline state decided_at decided_by
+    decision_reason fields_disclosed fields_withheld disclosed preserved_until policy_version
+    grant_index nonce
+    """.split(),
+    *_FREEZE_COLUMNS,
 )
 _JSON_COLUMNS = ("fields_asked", "fields_disclosed", "fields_withheld", "disclosed")
-_writes = threading.Lock()  # one writer per process: DuckDB aborts conflicting transactions
+WRITES = threading.Lock()  # one writer per process: DuckDB aborts conflicting transactions
 
 
 class FollowUpError(FedtraceError):
@@ -129,13 +123,30 @@ class FollowUpRow:
     policy_version: str
     grant_index: int
     nonce: str
+    amount_eur: int = 0
+    frozen_until: str = ""
+    released_at: str = ""
+    released_by: str = ""
+    release_reason: str = ""
 
     def overdue(self, now: dt.datetime) -> bool:
+        """Pending past its answer deadline, or frozen past its end: it reads as expired."""
+        if self.state == FROZEN:
+            return bool(self.frozen_until) and parse_iso(self.frozen_until) <= now
         return self.state == PENDING and bool(self.deadline) and parse_iso(self.deadline) <= now
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_DDL)
+    present = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'followup_requests'"
+        ).fetchall()
+    }
+    for name, definition in _FREEZE_COLUMNS.items():
+        if name not in present:
+            con.execute(f"ALTER TABLE followup_requests ADD COLUMN {name} {definition}")
 
 
 def _row(values: Sequence[Any]) -> FollowUpRow:
@@ -157,18 +168,10 @@ def _insert(con: duckdb.DuckDBPyConnection, row: FollowUpRow) -> None:
     )
 
 
-def _update(con: duckdb.DuckDBPyConnection, row: FollowUpRow, expected_state: str) -> bool:
+def update_row(con: duckdb.DuckDBPyConnection, row: FollowUpRow, expected_state: str) -> bool:
     """Write a decision if the row is still in `expected_state`; False when it moved meanwhile."""
-    changed = (
-        "state",
-        "decided_at",
-        "decided_by",
-        "decision_reason",
-        "fields_disclosed",
-        "fields_withheld",
-        "disclosed",
-        "preserved_until",
-    )
+    changed = """state decided_at decided_by decision_reason fields_disclosed fields_withheld
+        disclosed preserved_until frozen_until released_at released_by release_reason""".split()
     values = [
         json.dumps(getattr(row, c), ensure_ascii=False) if c in _JSON_COLUMNS else getattr(row, c)
         for c in changed
@@ -188,6 +191,7 @@ def select_rows(
     case_ref: str | None = None,
     request_id: str | None = None,
     pending_only: bool = False,
+    live_only: bool = False,
 ) -> list[FollowUpRow]:
     ensure_schema(con)
     where, params = [], []
@@ -197,6 +201,8 @@ def select_rows(
             params.append(value)
     if pending_only:
         where.append("state = 'pending'")
+    elif live_only:
+        where.append("state IN ('pending', 'frozen')")
     sql = f"SELECT {', '.join(_COLUMNS)} FROM followup_requests"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -246,6 +252,7 @@ class Submission:
     policy_version: str
     grant_index: int
     nonce: str
+    amount_eur: int = 0  # freeze: the amount to restrain
 
 
 def new_request_id() -> str:
@@ -280,8 +287,9 @@ def submit(database: NodeDatabase, submission: Submission, now: dt.datetime) -> 
         policy_version=s.policy_version,
         grant_index=s.grant_index,
         nonce=s.nonce,
+        amount_eur=s.amount_eur,
     )
-    with _writes, database.session() as con:
+    with WRITES, database.session() as con:
         ensure_schema(con)
         held = lookup(con, s.dataset, s.item, s.fields_asked if s.kind == KIND_DISCLOSE else ())
         if not held:
@@ -322,6 +330,15 @@ def _decided(
 ) -> FollowUpRow:
     withheld = [f for f in row.fields_asked if f not in fields]
     state = PARTLY_APPROVED if withheld else APPROVED
+    if row.kind == KIND_FREEZE:
+        return replace(
+            row,
+            state=FROZEN,
+            decided_at=iso(now),
+            decided_by=by,
+            decision_reason=reason,
+            frozen_until=iso(now + dt.timedelta(days=row.preservation_days)),
+        )
     if row.kind == KIND_PRESERVE:
         return replace(
             row,
@@ -345,16 +362,24 @@ def _decided(
 
 def forget(database: NodeDatabase, request_id: str) -> None:
     """Remove a request whose answer could not be audited (it was never answered)."""
-    with _writes, database.session() as con:
+    with WRITES, database.session() as con:
         con.execute("DELETE FROM followup_requests WHERE request_id = ?", [request_id])
 
 
 def expire_overdue(database: NodeDatabase, now: dt.datetime) -> list[FollowUpRow]:
-    """Mark every pending request past its deadline `expired`; returns those it changed."""
+    """Mark `expired` every pending request past its deadline and every freeze past its end.
+
+    Returns the rows it changed (each needs its audit entry). A freeze keeps its
+    decision (who approved, when) and its `frozen_until`.
+    """
     changed = []
-    with _writes, database.session() as con:
-        for row in select_rows(con, pending_only=True):
-            if row.overdue(now):
+    with WRITES, database.session() as con:
+        for row in select_rows(con, live_only=True):
+            if not row.overdue(now):
+                continue
+            if row.state == FROZEN:
+                expired = replace(row, state=EXPIRED)
+            else:
                 expired = replace(
                     row,
                     state=EXPIRED,
@@ -362,8 +387,8 @@ def expire_overdue(database: NodeDatabase, now: dt.datetime) -> list[FollowUpRow
                     decided_by="deadline",
                     decision_reason=f"not answered by the deadline {row.deadline}",
                 )
-                if _update(con, expired, PENDING):
-                    changed.append(expired)
+            if update_row(con, expired, row.state):
+                changed.append(expired)
     return changed
 
 
@@ -379,6 +404,16 @@ def find(database: NodeDatabase, request_id: str) -> FollowUpRow:
 
 
 def _pending(row: FollowUpRow) -> None:
+    if row.state == FROZEN:
+        raise FollowUpError(
+            f"request {row.request_id} is frozen until {row.frozen_until}; to lift it, "
+            f"release it: `fedtrace node release NODE_DIR {row.request_id} --reason TEXT`"
+        )
+    if row.state == EXPIRED and row.frozen_until:
+        raise FollowUpError(
+            f"the freeze {row.request_id} expired on {row.frozen_until}; the partner "
+            "must submit a new one"
+        )
     if row.state == EXPIRED:
         raise FollowUpError(
             f"request {row.request_id} expired on {row.deadline} unanswered; the partner "
@@ -408,9 +443,9 @@ def approve(
     row = find(database, request_id)
     _pending(row)
     chosen = list(row.fields_asked) if fields is None else list(dict.fromkeys(fields))
-    if row.kind == KIND_PRESERVE and fields:
+    if row.kind != KIND_DISCLOSE and fields:
         raise FollowUpError(
-            f"request {request_id} is a preservation request; it discloses no fields, "
+            f"request {request_id} is a {row.kind} request; it discloses no fields, "
             "so --fields does not apply"
         )
     if row.kind == KIND_DISCLOSE:
@@ -429,7 +464,7 @@ def approve(
             )
         if not chosen:
             raise FollowUpError("--fields names no field; to disclose nothing, refuse the request")
-    with _writes, database.session() as con:
+    with WRITES, database.session() as con:
         held = lookup(con, dataset, row.item, chosen if row.kind == KIND_DISCLOSE else ())
         decided = _decided(row, held, chosen, "officer", reason or "approved by the officer", now)
         if not held:
@@ -440,9 +475,10 @@ def approve(
                 disclosed=[],
                 fields_withheld=[],
                 preserved_until="",
+                frozen_until="",
                 decision_reason="the node no longer holds a record of this item",
             )
-        if not _update(con, decided, PENDING):
+        if not update_row(con, decided, PENDING):
             raise FollowUpError(f"request {request_id} was decided meanwhile; list it again")
     return decided
 
@@ -459,8 +495,8 @@ def refuse(database: NodeDatabase, request_id: str, reason: str, now: dt.datetim
         decided_by="officer",
         decision_reason=reason.strip(),
     )
-    with _writes, database.session() as con:
-        if not _update(con, decided, PENDING):
+    with WRITES, database.session() as con:
+        if not update_row(con, decided, PENDING):
             raise FollowUpError(f"request {request_id} was decided meanwhile; list it again")
     return decided
 
@@ -492,6 +528,11 @@ def record_of(row: FollowUpRow, jurisdiction: str, now: dt.datetime) -> FollowUp
         policy_version=row.policy_version,
         nonce=row.nonce,
         signed_at=iso(now),
+        amount_eur=row.amount_eur,
+        frozen_until=row.frozen_until,
+        released_at=row.released_at,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
     )
 
 
@@ -510,6 +551,13 @@ def audit_fields(row: FollowUpRow, **extra: Any) -> dict[str, Any]:
     if row.kind == KIND_DISCLOSE:
         fields["fields_disclosed"] = list(row.fields_disclosed)
         fields["fields_withheld"] = list(row.fields_withheld)
+    elif row.kind == KIND_FREEZE:
+        fields["freeze_days"] = row.preservation_days
+        fields["amount_eur"] = row.amount_eur
+        fields["frozen_until"] = row.frozen_until
+        if row.released_at:
+            fields["released_at"] = row.released_at
+            fields["release_reason"] = row.release_reason
     else:
         fields["preservation_days"] = row.preservation_days
         fields["preserved_until"] = row.preserved_until

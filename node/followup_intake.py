@@ -1,8 +1,8 @@
 """A follow-up request as a partner submits it, and the status it asks for (no gRPC).
 
 `record_follow_up` checks an admitted request for what only a follow-up needs
-(a case and a legal basis, an earlier answered match under the case, the fields
-or the preservation period the grant allows, a canonical item) and records it
+(a case and a legal basis, an earlier answered match under the case, the fields,
+the preservation period or the freeze the grant allows, a canonical item) and records it
 through `node.followup`. `follow_up_status` reports the caller's requests of a
 case, marking overdue pending ones `expired` first (each with its audit entry).
 Refusals are `QueryRefused`; the servicer is `node.services.requests`.
@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from fedtrace.followup import KIND_DISCLOSE, FollowUpRecord
+from fedtrace.followup import KIND_DISCLOSE, KIND_FREEZE, FollowUpRecord
 from fedtrace.identifiers import InvalidIdentifier
 from fedtrace.pki import Identity
 from fedtrace.v1 import requests_pb2
@@ -92,7 +92,11 @@ def _check(
     allowed = followup.allowed_fields(dataset, grant.disclosable_fields)
     fields: tuple[str, ...] = ()
     days = 0
-    if kind == KIND_DISCLOSE:
+    automatic = grant.approval == "automatic"
+    if kind == KIND_FREEZE:
+        days = _freeze_days(request, grant.freeze_days_max, j, identity.jurisdiction)
+        automatic = grant.freeze_approval == "automatic"
+    elif kind == KIND_DISCLOSE:
         if request.preservation_days:
             raise QueryRefused(invalid, "a disclosure request asks for no preservation period")
         asked = tuple(dict.fromkeys(request.fields)) or tuple(allowed)
@@ -126,12 +130,37 @@ def _check(
         item=item,
         fields_asked=fields,
         preservation_days=days,
-        automatic=grant.approval == "automatic",
+        automatic=automatic,
         answer_within_days=grant.answer_within_days,
         policy_version=admission.policy.version,
         grant_index=grant.index,
         nonce=context.nonce,
+        amount_eur=request.amount_eur if kind == KIND_FREEZE else 0,
     )
+
+
+def _freeze_days(
+    request: requests_pb2.SubmitFollowUpRequest, days_max: int | None, node: str, partner: str
+) -> int:
+    """The period of a freeze order, after checking it against the grant's `freeze_days_max`."""
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    if request.fields:
+        raise QueryRefused(invalid, "a freeze order discloses no fields")
+    if request.amount_eur < 1:
+        raise QueryRefused(invalid, "a freeze order names the amount to restrain (--amount-eur)")
+    if request.preservation_days < 1:
+        raise QueryRefused(invalid, "a freeze order names its period (--days, at least 1)")
+    if days_max is None:  # the gate admits freezes only under grants that set a limit
+        raise QueryRefused(
+            grpc.StatusCode.PERMISSION_DENIED, f"{node}'s policy accepts no freeze orders"
+        )
+    if request.preservation_days > days_max:
+        raise QueryRefused(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{node}'s policy freezes assets for {partner} for at most {days_max} days "
+            f"(freeze_days_max); {request.preservation_days} asked",
+        )
+    return request.preservation_days
 
 
 def expire_and_audit(state: NodeState, now: dt.datetime) -> None:

@@ -1,4 +1,4 @@
-"""The privacy officer's follow-up commands: `fedtrace node requests|approve|refuse NODE_DIR`.
+"""The privacy officer's follow-up commands: `fedtrace node requests|approve|refuse|release`.
 
 They run in their own process while the node serves: the database is shared by
 taking turns (`NodeDatabase.session`), the audit trail by `flock`. Every
@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedtrace.followup import KIND_DISCLOSE, KIND_PRESERVE, state_label
+from fedtrace.followup import FROZEN, KIND_FREEZE, KIND_PRESERVE, state_label
 from fedtrace.pki import read_key_pem
-from node import followup
+from node import followup, followup_freeze
 from node.audit import AUDIT_DIR, AuditLog
 from node.config import NodeConfig, load_node_config
 from node.policy import QueryKind, load_policy, utc_now
@@ -86,6 +86,9 @@ def list_requests(
 def _asked(row: followup.FollowUpRow) -> str:
     if row.kind == KIND_PRESERVE:
         return f"preserve {row.preservation_days} days"
+    if row.kind == KIND_FREEZE:
+        until = f", frozen until {row.frozen_until}" if row.frozen_until else ""
+        return f"freeze EUR {row.amount_eur:,} for {row.preservation_days} days{until}"
     return ", ".join(row.fields_asked)
 
 
@@ -111,7 +114,11 @@ def _table(
     for row in rows:
         state = state_label(row.state)
         if row.request_id in expired:
-            state = "EXPIRED (deadline passed unanswered)"
+            state = (
+                "EXPIRED (the freeze ended)"
+                if row.frozen_until
+                else "EXPIRED (deadline passed unanswered)"
+            )
         cells = (
             row.request_id,
             state,
@@ -128,10 +135,17 @@ def _table(
     console.print(table)
     if not rows:
         console.print("no follow-up requests" + (" pending" if pending else ""))
-    if expired:
+    ended = {row.request_id for row in rows if row.frozen_until} & expired
+    unanswered = expired - ended
+    if unanswered:
         console.print(
-            f"{len(expired)} request(s) expired unanswered: "
-            f"{', '.join(sorted(expired))} (the partner sees them as expired)",
+            f"{len(unanswered)} request(s) expired unanswered: "
+            f"{', '.join(sorted(unanswered))} (the partner sees them as expired)",
+            markup=False,
+        )
+    if ended:
+        console.print(
+            f"{len(ended)} freeze(s) ended: {', '.join(sorted(ended))} (now expired)",
             markup=False,
         )
     for row in rows:
@@ -153,16 +167,24 @@ def approve_request(
     desk.expire(moment)
     row = followup.find(desk.database, request_id)
     dataset = desk.config.dataset(row.dataset)
-    kind = QueryKind.DISCLOSE if row.kind == KIND_DISCLOSE else QueryKind.PRESERVE
+    kind = QueryKind(row.kind)
     grant = load_policy(desk.config.policy).grant_for(row.partner, row.dataset, kind, moment)
     if dataset is None or grant is None:
         raise followup.FollowUpError(
             f"the policy in force no longer grants {row.partner} {row.kind} requests on "
             f"{row.dataset!r}; refuse request {request_id} with --reason"
         )
+    limit = grant.freeze_days_max
+    if row.kind == KIND_FREEZE and limit is not None and row.preservation_days > limit:
+        raise followup.FollowUpError(
+            f"the policy in force now allows freezes of at most {limit} days for "
+            f"{row.partner}; request {request_id} asks {row.preservation_days}: refuse it"
+        )
     allowed = followup.allowed_fields(dataset, grant.disclosable_fields)
     decided = followup.approve(desk.database, dataset, request_id, allowed, fields, reason, moment)
     event = "request-approved" if decided.state != "no-record" else "request-no-record"
+    if decided.state == FROZEN:
+        event = "request-frozen"
     desk.audit.append(event, followup.audit_fields(decided, officer=_officer()))
     return decided
 
@@ -178,7 +200,22 @@ def refuse_request(
     return decided
 
 
+def release_request(
+    node_dir: Path, request_id: str, reason: str, now: dt.datetime | None = None
+) -> followup.FollowUpRow:
+    """Lift a freeze in force (`fedtrace node release`); audited."""
+    moment = now or utc_now()
+    desk = OfficerDesk.open(node_dir)
+    desk.expire(moment)
+    officer = _officer()
+    released = followup_freeze.release(desk.database, request_id, reason, officer, moment)
+    desk.audit.append("request-released", followup.audit_fields(released, officer=officer))
+    return released
+
+
 def decision_line(row: followup.FollowUpRow) -> str:
+    if row.kind == KIND_FREEZE:
+        return followup_freeze.freeze_line(row)
     if row.kind == KIND_PRESERVE and row.state == "approved":
         return f"{row.request_id}: approved; preserve until {row.preserved_until}"
     if row.state in ("approved", "partly-approved"):

@@ -1,4 +1,4 @@
-"""`fedtrace request disclose|preserve|status|export`: follow-ups after a hit."""
+"""`fedtrace request disclose|preserve|freeze|status|export`: follow-ups after a hit."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _client(path: str, node: str | None) -> Any:
 def _submit(args: argparse.Namespace) -> int:
     if args.request_command == "preserve" and args.days is not None and args.days < 1:
         raise FedtraceError(f"--days {args.days}: a preservation period is at least 1 day")
+    if args.request_command == "freeze" and (args.days < 1 or args.amount_eur < 1):
+        raise FedtraceError("a freeze order needs --days and --amount-eur of at least 1")
     with _client(args.federation, args.node) as client:
         if args.request_command == "disclose":
             report = client.request_disclose(
@@ -42,6 +44,18 @@ def _submit(args: argparse.Namespace) -> int:
                 case=args.case,
                 legal_basis=args.legal_basis,
                 fields=parse_fields(args.fields),
+                reason=args.reason,
+                kind=args.kind,
+            )
+        elif args.request_command == "freeze":
+            report = client.request_freeze(
+                node=args.node,
+                dataset=args.dataset,
+                item=args.item,
+                case=args.case,
+                legal_basis=args.legal_basis,
+                amount_eur=args.amount_eur,
+                days=args.days,
                 reason=args.reason,
                 kind=args.kind,
             )
@@ -81,11 +95,12 @@ def _export(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add this command group to the root parser."""
     request = commands.add_parser(
-        "request", help="follow-up requests after a hit: disclosure and preservation"
+        "request", help="follow-up requests after a hit: disclosure, preservation and freeze"
     ).add_subparsers(dest="request_command", required=True, metavar="ACTION")
     for name, text in (
         ("disclose", "ask a node for the fields it holds on one item"),
-        ("preserve", "ask a node to preserve (freeze) its record of one item"),
+        ("preserve", "ask a node to preserve its record of one item"),
+        ("freeze", "ask a node to freeze (restrain) the assets behind one item"),
     ):
         p = request.add_parser(name, help=text)
         add_federation(p)
@@ -111,12 +126,27 @@ def register(commands: Any) -> None:
                 metavar="a,b",
                 help="fields asked (default: every field the policy allows)",
             )
-        else:
+        elif name == "preserve":
             p.add_argument(
                 "--days",
                 type=int,
                 metavar="N",
                 help="preservation period (default: the longest the policy allows)",
+            )
+        else:
+            p.add_argument(
+                "--amount-eur",
+                required=True,
+                type=int,
+                metavar="N",
+                help="the amount to restrain, in whole euros",
+            )
+            p.add_argument(
+                "--days",
+                required=True,
+                type=int,
+                metavar="D",
+                help="how long the freeze holds once approved (at most the policy's limit)",
             )
         add_format(p, ("table", "json"))
         p.set_defaults(run=_submit)

@@ -159,6 +159,24 @@ async def refuse(request: Request) -> JSONResponse:
 
 
 @_guarded
+async def release(request: Request) -> JSONResponse:
+    refused = _csrf_refused(request)
+    if refused is not None:
+        return refused
+    node = console_state(request).node
+    request_id = request.path_params["id"]
+    if await run_in_threadpool(data.find_request, node, request_id) is None:
+        return _error(404, f"no follow-up request {request_id!r} at node {node.jurisdiction}")
+    body = await _body(request)
+    if "fields" in body:
+        raise decisions.DecisionInvalid("a release takes a reason only")
+    decided = await run_in_threadpool(
+        decisions.release, node, request_id, _reason(body), officer_session(request).audit_id
+    )
+    return JSONResponse(decided.request.as_json(utc_now()))
+
+
+@_guarded
 async def audit(request: Request) -> JSONResponse:
     node = console_state(request).node
     query = request.query_params
@@ -219,6 +237,7 @@ ROUTES = [
     Route("/api/requests/{id}", one_request),
     Route("/api/requests/{id}/approve", approve, methods=["POST"]),
     Route("/api/requests/{id}/refuse", refuse, methods=["POST"]),
+    Route("/api/requests/{id}/release", release, methods=["POST"]),
     Route("/api/audit", audit),
     Route("/api/budgets", budgets),
     Route("/api/policy", policy),

@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from fedtrace.followup import PENDING, STATES, state_label
+from fedtrace.followup import FROZEN, KIND_FREEZE, PENDING, STATES, state_label
 from node.audit import AUDIT_DIR, Verification, entries, select, verify_trail
 from node.config import NodeConfig, load_node_config
 from node.followup import FollowUpRow
@@ -96,10 +96,19 @@ class RequestView:
     fields_withheld: tuple[str, ...]
     preserved_until: str
     policy_version: str
+    amount_eur: int = 0  # freeze orders only, as the four below
+    frozen_until: str = ""
+    released_at: str = ""
+    released_by: str = ""
+    release_reason: str = ""
 
     @property
     def pending(self) -> bool:
         return self.state == PENDING
+
+    @property
+    def frozen(self) -> bool:
+        return self.state == FROZEN
 
     @property
     def state_label(self) -> str:
@@ -122,6 +131,8 @@ class RequestView:
         return f"in {max(1, int(left.total_seconds() // 3600))} hours"
 
     def asks(self) -> str:
+        if self.kind == KIND_FREEZE:
+            return f"freeze EUR {self.amount_eur:,} for {self.preservation_days} days"
         if self.kind == "preserve":
             return f"preserve for {self.preservation_days} days"
         return ", ".join(self.fields_asked)
@@ -149,6 +160,11 @@ class RequestView:
             "fields_withheld": list(self.fields_withheld),
             "preserved_until": self.preserved_until,
             "policy_version": self.policy_version,
+            "amount_eur": self.amount_eur,
+            "frozen_until": self.frozen_until,
+            "released_at": self.released_at,
+            "released_by": self.released_by,
+            "release_reason": self.release_reason,
         }
 
     @classmethod
@@ -174,6 +190,11 @@ class RequestView:
             fields_withheld=tuple(row.fields_withheld),
             preserved_until=row.preserved_until,
             policy_version=row.policy_version,
+            amount_eur=row.amount_eur,
+            frozen_until=row.frozen_until,
+            released_at=row.released_at,
+            released_by=row.released_by,
+            release_reason=row.release_reason,
         )
 
     @classmethod
@@ -200,6 +221,11 @@ class RequestView:
             fields_withheld=tuple(str(f) for f in document["fields_withheld"]),
             preserved_until=str(document["preserved_until"]),
             policy_version=str(document["policy_version"]),
+            amount_eur=int(document.get("amount_eur", 0)),
+            frozen_until=str(document.get("frozen_until", "")),
+            released_at=str(document.get("released_at", "")),
+            released_by=str(document.get("released_by", "")),
+            release_reason=str(document.get("release_reason", "")),
         )
 
 

@@ -1,14 +1,15 @@
-"""The officer's decisions from the console: approve or refuse a pending follow-up request.
+"""The officer's decisions from the console: approve or refuse a request, release a freeze.
 
-The decision itself is `node.officer_requests.approve_request` / `refuse_request`,
-exactly as `fedtrace node approve|refuse` makes it: the policy in force is checked
-again, the row moves only from pending, and the decision is audited with the
-officer's login name. The console adds its session id (never the token or the
-cookie) to the decision's reason, so the audit entry names the console session
-that decided.
+The decision itself is `node.officer_requests.approve_request` / `refuse_request` /
+`release_request`, exactly as `fedtrace node approve|refuse|release` makes it: the
+policy in force is checked again, the row moves only from pending (a release only
+from frozen), and the decision is audited with the officer's login name. The
+console adds its session id (never the token or the cookie) to the decision's
+reason, so the audit entry names the console session that decided.
 
 Failures are typed for the API's status codes: `RequestUnknown` (404),
-`RequestNotPending` (409, including a request decided meanwhile elsewhere) and
+`RequestNotPending` (409, including a request decided meanwhile elsewhere, and a
+release of a request that is not a freeze in force) and
 `DecisionInvalid` (400: a bad field list, a missing reason, a grant withdrawn).
 """
 
@@ -20,7 +21,12 @@ from dataclasses import dataclass
 
 from fedtrace.errors import FedtraceError
 from node.console.data import ConsoleNode, RequestView, find_request
-from node.officer_requests import approve_request, decision_line, refuse_request
+from node.officer_requests import (
+    approve_request,
+    decision_line,
+    refuse_request,
+    release_request,
+)
 
 REASON_MAX_CHARS = 2000
 
@@ -95,13 +101,13 @@ def approve(
             f"choose at least one field of {', '.join(request.fields_asked)} to approve, "
             "or refuse the request"
         )
-    if request.kind == "preserve" and fields:
-        raise DecisionInvalid(f"request {request_id} asks for preservation; it discloses no fields")
+    if request.kind != "disclose" and fields:
+        raise DecisionInvalid(f"request {request_id} is a {request.kind}; it discloses no fields")
     try:
         row = approve_request(
             node.node_dir,
             request_id,
-            None if request.kind == "preserve" else fields,
+            None if request.kind != "disclose" else fields,
             with_session(reason, session_id, "approved by the officer"),
             now,
         )
@@ -126,4 +132,33 @@ def refuse(
         row = refuse_request(node.node_dir, request_id, with_session(reason, session_id, ""), now)
     except FedtraceError as exc:
         raise _failed(node, request_id, exc) from None
+    return Decided(RequestView.from_row(row), decision_line(row))
+
+
+def release(
+    node: ConsoleNode,
+    request_id: str,
+    reason: str,
+    session_id: str,
+    now: dt.datetime | None = None,
+) -> Decided:
+    """Lift a freeze in force; the reason is required and reaches the partner."""
+    request = find_request(node, request_id)
+    if request is None:
+        raise RequestUnknown(f"no follow-up request {request_id!r} at node {node.jurisdiction}")
+    if not request.frozen:
+        raise RequestNotPending(
+            f"request {request_id} is {request.state_label}, not a freeze in force; "
+            "only a frozen request can be released"
+        )
+    if not reason.strip():
+        raise DecisionInvalid("a release needs its reason")
+    _check_reason(reason)
+    try:
+        row = release_request(node.node_dir, request_id, with_session(reason, session_id, ""), now)
+    except FedtraceError as exc:
+        current = find_request(node, request_id)
+        if current is not None and not current.frozen:
+            raise RequestNotPending(str(exc)) from None
+        raise DecisionInvalid(str(exc)) from None
     return Decided(RequestView.from_row(row), decision_line(row))

@@ -20,7 +20,8 @@ from fedtrace.errors import FedtraceError
 from node.audit import entries
 from node.console.data import ConsoleNode, has_table, iso
 from node.policy import Grant, Policy, load_policy, utc_now
-from node.policy.explain import diff, explain
+from node.policy.diff import diff
+from node.policy.explain import explain
 
 
 @dataclass(frozen=True)

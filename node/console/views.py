@@ -93,11 +93,12 @@ async def request_list(request: Request) -> Response:
         request,
         "requests.html",
         pending=[r for r in everything if r.pending],
-        past=list(reversed([r for r in everything if not r.pending])),
+        frozen=[r for r in everything if r.frozen],
+        past=list(reversed([r for r in everything if not r.pending and not r.frozen])),
     )
 
 
-async def _decide(request: Request, approving: bool) -> Response:
+async def _decide(request: Request, decision: str) -> Response:
     form = await request.form()
     presented = form.get(CSRF_FIELD)
     if not csrf_ok(request, presented if isinstance(presented, str) else None):
@@ -110,14 +111,15 @@ async def _decide(request: Request, approving: bool) -> Response:
     reason = form.get("reason")
     reason_text = reason if isinstance(reason, str) else ""
     try:
-        if approving:
+        if decision == "approve":
             fields = tuple(f for f in form.getlist("fields") if isinstance(f, str))
             decided = await run_in_threadpool(
                 decisions.approve, node, request_id, fields, reason_text, session.audit_id
             )
         else:
+            decide = decisions.release if decision == "release" else decisions.refuse
             decided = await run_in_threadpool(
-                decisions.refuse, node, request_id, reason_text, session.audit_id
+                decide, node, request_id, reason_text, session.audit_id
             )
     except FedtraceError as exc:
         session.flash.append(("error", f"{request_id}: {exc}"))
@@ -127,11 +129,15 @@ async def _decide(request: Request, approving: bool) -> Response:
 
 
 async def approve(request: Request) -> Response:
-    return await _decide(request, approving=True)
+    return await _decide(request, "approve")
 
 
 async def refuse(request: Request) -> Response:
-    return await _decide(request, approving=False)
+    return await _decide(request, "refuse")
+
+
+async def release(request: Request) -> Response:
+    return await _decide(request, "release")
 
 
 async def audit(request: Request) -> Response:
@@ -201,6 +207,7 @@ ROUTES = [
     Route("/requests", request_list),
     Route("/requests/{id}/approve", approve, methods=["POST"]),
     Route("/requests/{id}/refuse", refuse, methods=["POST"]),
+    Route("/requests/{id}/release", release, methods=["POST"]),
     Route("/audit", audit),
     Route("/policy", policy),
     Route("/budgets", budgets),

@@ -1,4 +1,4 @@
-"""RequestService: disclosure and preservation requests after a hit.
+"""RequestService: disclosure, preservation and freeze requests after a hit.
 
 Thin servicer over plain functions: a request is admitted through the node's
 one gate inside `node.session.query_session` (policy, budgets, audit); then
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from fedtrace.followup import KIND_DISCLOSE, KIND_PRESERVE, FollowUpRecord
+from fedtrace.followup import KIND_DISCLOSE, KIND_FREEZE, KIND_PRESERVE, FollowUpRecord
 from fedtrace.pki import sign
 from fedtrace.v1 import requests_pb2, requests_pb2_grpc
 from fedtrace.wire import Level
@@ -35,6 +35,7 @@ SERVICE_NAME = requests_pb2.DESCRIPTOR.services_by_name["RequestService"].full_n
 KINDS = {
     requests_pb2.FOLLOW_UP_KIND_DISCLOSE: (KIND_DISCLOSE, QueryKind.DISCLOSE),
     requests_pb2.FOLLOW_UP_KIND_PRESERVE: (KIND_PRESERVE, QueryKind.PRESERVE),
+    requests_pb2.FOLLOW_UP_KIND_FREEZE: (KIND_FREEZE, QueryKind.FREEZE),
 }
 Clock = Callable[[], dt.datetime]
 
@@ -80,7 +81,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             if kinds is None:
                 raise QueryRefused(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    "a follow-up request must be a disclosure or a preservation request",
+                    "a follow-up request must be a disclosure, preservation or freeze request",
                 )
             admission = session.admit(request.dataset, info, 1, Level.DISCLOSURE_REQUEST)
             row = record_follow_up(state, identity, request, kinds[0], admission, now)

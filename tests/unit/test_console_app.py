@@ -4,7 +4,7 @@ The node is made with the CLI (pki init, pki issue, node init), given a policy w
 disclosure-request grant, a few transactions, and follow-up requests submitted through
 node.followup as the request service does. Covered: no session no service, the one-time
 token, CSRF refusals, approve and refuse (API and forms, audited with the session id),
-status codes, escaping, and the read-only pages.
+the release of a freeze order, status codes, escaping, and the read-only pages.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ disclosable_fields = ["tx_count", "total_in_eur", "first_seen", "last_seen", "li
 approval = "officer"
 answer_within_days = 10
 rate_limit = { queries = 50, per = "day" }
+freeze_days_max = 30
 """
 
 
@@ -85,7 +86,8 @@ def submit(node_dir: Path, case: str = "CASE-1", kind: str = "disclose") -> str:
             dataset=dataset,
             item=A,
             fields_asked=FIELDS if kind == "disclose" else (),
-            preservation_days=30 if kind == "preserve" else 0,
+            preservation_days=30 if kind in ("preserve", "freeze") else 0,
+            amount_eur=40_000 if kind == "freeze" else 0,
             automatic=False,
             answer_within_days=10,
             policy_version="ee-console-1",
@@ -303,6 +305,44 @@ def test_the_forms_decide_and_escape_everything(console: Console) -> None:
     bad_since = console.client.get("/audit", params={"since": "yesterday"})
     assert "is not a date" in bad_since.text
     assert console.client.get("/api/audit", params={"since": "yesterday"}).status_code == 400
+
+
+def test_a_freeze_is_approved_then_released_through_api_and_form(console: Console) -> None:
+    first = submit(console.node_dir, kind="freeze")
+    second = submit(console.node_dir, kind="freeze")
+    csrf = console.sign_in()
+    headers = {"X-CSRF-Token": csrf}
+    early = console.client.post(
+        f"/api/requests/{first}/release", json={"reason": "x"}, headers=headers
+    )
+    assert early.status_code == 409 and "not a freeze in force" in early.json()["error"]
+    approved = console.client.post(f"/api/requests/{first}/approve", json={}, headers=headers)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["state"] == "frozen" and approved.json()["frozen_until"]
+    url = f"/api/requests/{first}/release"
+    assert console.client.post(url, json={"reason": "x"}).status_code == 403  # no CSRF token
+    assert console.client.post(url, json={"reason": " "}, headers=headers).status_code == 400
+    released = console.client.post(url, json={"reason": "seized"}, headers=headers)
+    assert released.status_code == 200, released.text
+    assert released.json()["state"] == "released"
+    assert "(console session " in released.json()["release_reason"]
+    assert console.client.post(url, json={"reason": "again"}, headers=headers).status_code == 409
+
+    console.client.post(f"/requests/{second}/approve", data={"csrf": csrf, "reason": ""})
+    page = console.client.get("/requests").text
+    assert f'action="/requests/{second}/release"' in page and "EUR 40,000" in page
+    done = console.client.post(
+        f"/requests/{second}/release",
+        data={"csrf": csrf, "reason": "lifted"},
+        follow_redirects=True,
+    )
+    assert f"{second}: released " in done.text
+    events = [
+        e["event"]
+        for e in entries(console.node_dir / AUDIT_DIR)
+        if e.get("request") in (first, second)
+    ]
+    assert events == ["request-frozen", "request-released", "request-frozen", "request-released"]
 
 
 def test_policy_budgets_and_datasets(console: Console) -> None:
