@@ -6,14 +6,24 @@ in and the node's evaluation out, its signed transcript checked, then membership
 tested against the filter, whose false-positive rate (2^-remainder_bits per tested
 item) the result carries. One node failing or refusing becomes that node's
 result and never fails the others.
+
+With a `coordinator.pools.PoolStore`, the watchlist is hashed once and each node
+whose stored pool (prepared for the epoch and blinding point it announces now)
+holds enough entries gets additive blinding: `H(x) + r·C` out, `b·P − r·G` back,
+a fresh pool per node. Otherwise, and for cardinality (answered shuffled), the
+node gets today's multiplicative blinding, shared by all such nodes; a node that
+refuses an additive request because its grant answers shuffled is asked again
+multiplicatively.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -21,10 +31,11 @@ import grpc
 from coordinator.epoch_cache import FilterCache, checked_epoch_id
 from coordinator.fanout import Deadline, NodeTrust, checked_info, dataset_info, fan_out
 from coordinator.federation import Federation, NodeEntry
+from coordinator.pools import PoolStore
 from coordinator.progress import Progress, silent
 from coordinator.results import NodeFailure, NodeResult
 from coordinator.transport import Connections, NodeConnection
-from fedtrace import gcs, group, psi
+from fedtrace import blinding, gcs, group, psi
 from fedtrace.items import item_bytes
 from fedtrace.pki import verify_signature
 from fedtrace.revocation import RevocationList
@@ -46,6 +57,75 @@ class MatchQuery:
     disclosure: Level = Level.MEMBERSHIP  # the level asked for
 
 
+class Blinded:
+    """The points one node is sent and how to unblind its answer (either blinding)."""
+
+    def __init__(
+        self,
+        points: list[bytes],
+        unblind: Callable[[Sequence[bytes]], list[bytes]],
+        blinding_point: bytes = b"",
+    ) -> None:
+        self.points = points
+        self.unblind = unblind
+        self.additive = bool(blinding_point)
+        self.mode = blinding.ADDITIVE if self.additive else blinding.MULTIPLICATIVE
+        self.blinding_point_sha256 = (
+            hashlib.sha256(blinding_point).hexdigest() if self.additive else ""
+        )
+
+
+class WatchlistBlinding:
+    """The watchlist's blindings for one query: multiplicative (shared, made on first use)
+    and additive (hashed once, then one pool per node)."""
+
+    def __init__(self, query: MatchQuery, pools: PoolStore | None, report: Progress) -> None:
+        self._items = [item_bytes(query.kind, item) for item in query.items]
+        self._pools = pools if query.disclosure != Level.CARDINALITY else None
+        self._report = report
+        self._lock = threading.Lock()
+        self._multiplicative: Blinded | None = None
+        self._hashed: list[bytes] | None = None
+
+    def multiplicative(self) -> Blinded:
+        with self._lock:
+            if self._multiplicative is None:
+                self._report("*", f"blinding {len(self._items):,} watchlist items")
+                query = psi.BlindedQuery(self._items)
+                self._multiplicative = Blinded(query.blinded, query.unblind)
+            return self._multiplicative
+
+    def additive(self, node: str, dataset: node_pb2.DatasetInfo) -> Blinded | None:
+        """Points blinded with `node`'s stored pool, or None (no usable pool: multiplicative)."""
+        if self._pools is None or dataset.group != group.GROUP_NAME:
+            return None
+        try:
+            binding = blinding.PoolBinding(
+                node, dataset.name, dataset.epoch_id, dataset.blinding_point
+            )
+        except ValueError:
+            return None
+        count = len(self._items)
+        pool = self._pools.take(binding, count)  # remaining entries rewritten before sending
+        if pool is None:
+            have = self._pools.remaining(binding)
+            self._report(
+                node, f"multiplicative blinding: {have:,} pool entries for {count:,} items"
+            )
+            return None
+        with self._lock:
+            if self._hashed is None:
+                self._hashed = group.hash_to_group_many(self._items)
+            hashed = self._hashed
+        self._report(node, f"additive blinding of {count:,} items from the pool")
+        points, entries = blinding.blind_hashed(hashed, pool, binding)
+        return Blinded(
+            points,
+            lambda answers: blinding.unblind(answers, entries),
+            binding.blinding_point,
+        )
+
+
 def run_match(
     federation: Federation,
     query: MatchQuery,
@@ -56,18 +136,23 @@ def run_match(
     cache: FilterCache | None = None,
     progress: Progress | None = None,
     revoked: RevocationList | None = None,
+    pools: PoolStore | None = None,
 ) -> list[NodeResult]:
-    """Run one match query against the selected nodes; results in roster order."""
+    """Run one match query against the selected nodes; results in roster order.
+
+    With `pools`, nodes with enough prepared entries get additive blinding.
+    """
     entries = list(nodes or federation.nodes)
     filters = cache or FilterCache(None)
     report = progress or silent
     trust = NodeTrust(ca_pem, revoked)
     deadline = Deadline.after(federation.deadline_seconds)
-    report("*", f"blinding {len(query.items):,} watchlist items")
-    blinded = psi.BlindedQuery([item_bytes(query.kind, item) for item in query.items])
+    blindings = WatchlistBlinding(query, pools, report)
+    if pools is None:
+        blindings.multiplicative()  # today's order: blind once, before any node is asked
 
     def exchange(entry: NodeEntry, connection: NodeConnection) -> NodeResult:
-        return _query_node(entry, connection, query, blinded, trust, filters, deadline, report)
+        return _query_node(entry, connection, query, blindings, trust, filters, deadline, report)
 
     results = []
     for outcome in fan_out(entries, connections, deadline, exchange, report):
@@ -82,13 +167,15 @@ def _query_node(
     entry: NodeEntry,
     connection: NodeConnection,
     query: MatchQuery,
-    blinded: psi.BlindedQuery,
+    blindings: WatchlistBlinding,
     trust: NodeTrust,
     cache: FilterCache,
     deadline: Deadline,
     report: Progress,
 ) -> NodeResult:
-    for attempt in range(2):
+    additive_refused = False
+    attempt = 0
+    while attempt < 2:
         info, node_cert = checked_info(entry, connection, deadline, trust, report)
         dataset = dataset_info(entry, info, query.dataset)
         if dataset.identifier_kind != query.kind:
@@ -101,6 +188,8 @@ def _query_node(
         filter_, filter_sha = _filter(
             entry, connection, query.dataset, epoch_id, cache, deadline, report
         )
+        blinded = None if additive_refused else blindings.additive(entry.name, dataset)
+        blinded = blinded or blindings.multiplicative()
         report(entry.name, f"evaluating {len(query.items):,} blinded items")
         try:
             return _evaluate(
@@ -115,7 +204,14 @@ def _query_node(
                 deadline,
             )
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and attempt == 0:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            if blinded.additive and blinding.NEEDS_UNSHUFFLED in (exc.details() or ""):
+                report(entry.name, "the grant answers shuffled: multiplicative blinding")
+                additive_refused = True  # the spent pool entries are discarded
+                continue
+            if attempt == 0:
+                attempt += 1
                 continue  # the node started a new epoch meanwhile: refetch its filter once
             raise
     raise NodeFailure(NodeStatus.ERROR, "the node's epoch changed twice during the query")
@@ -181,7 +277,7 @@ def _evaluate(
     entry: NodeEntry,
     connection: NodeConnection,
     query: MatchQuery,
-    blinded: psi.BlindedQuery,
+    blinded: Blinded,
     filter_: gcs.GolombFilter,
     filter_sha: str,
     epoch_id: str,
@@ -199,9 +295,12 @@ def _evaluate(
         dataset=query.dataset,
         epoch_id=epoch_id,
         disclosure=Level(query.disclosure).wire,
-        item_count=len(blinded.blinded),
+        item_count=len(blinded.points),
+        blinding=node_pb2.BLINDING_ADDITIVE
+        if blinded.additive
+        else node_pb2.BLINDING_MULTIPLICATIVE,
     )
-    sent = b"".join(blinded.blinded)
+    sent = b"".join(blinded.points)
     responses = connection.evaluate(_requests(header, sent), deadline.remaining())
     summary: node_pb2.EvaluateSummary | None = None
     trailer: node_pb2.EvaluateTrailer | None = None
@@ -223,11 +322,11 @@ def _evaluate(
             trailer = message.trailer
         else:
             raise NodeFailure(NodeStatus.ERROR, f"{entry.name} answered out of protocol order")
-    if summary is None or trailer is None or len(points) != len(blinded.blinded):
+    if summary is None or trailer is None or len(points) != len(blinded.points):
         raise NodeFailure(
             NodeStatus.ERROR,
             f"{entry.name} answered {len(points)} of "
-            f"{len(blinded.blinded)} items or an incomplete stream",
+            f"{len(blinded.points)} items or an incomplete stream",
         )
     answered = Level.from_wire(summary.disclosure)
     level = answered.label if answered is not None else ""
@@ -247,6 +346,8 @@ def _evaluate(
         item_count=len(points),
         request_sha256=hashlib.sha256(sent).hexdigest(),
         response_sha256=digest.hexdigest(),
+        blinding=blinded.mode,
+        blinding_point_sha256=blinded.blinding_point_sha256,
     )
     return _result(
         entry, query, blinded, points, filter_, summary, answered, transcript, trailer, node_cert
@@ -256,7 +357,7 @@ def _evaluate(
 def _result(
     entry: NodeEntry,
     query: MatchQuery,
-    blinded: psi.BlindedQuery,
+    blinded: Blinded,
     points: list[bytes],
     filter_: gcs.GolombFilter,
     summary: node_pb2.EvaluateSummary,
@@ -291,7 +392,7 @@ def _result(
         false_positive_bits=filter_.remainder_bits,
         signature={
             "algorithm": SIGNATURE_ALGORITHM,
-            "transcript": transcript.__dict__,
+            "transcript": dataclasses.asdict(transcript),
             "transcript_sha256": digest.hex(),
             "value": trailer.signature.hex(),
             "certificate_pem": node_cert.decode(),

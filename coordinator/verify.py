@@ -36,7 +36,7 @@ from coordinator.verify_kinds import verify_aggregate_results, verify_overlap_re
 from fedtrace.errors import ConfigError
 from fedtrace.followup import EXPORT_DOCUMENT
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import Transcript
+from fedtrace.transcript import OPTIONAL_FIELDS, Transcript
 from fedtrace.wire import Level, NodeStatus
 
 _MEMBERSHIP_LEVELS = (Level.MEMBERSHIP.label, Level.DISCLOSURE_REQUEST.label)
@@ -44,9 +44,16 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Transcript)}
 
 
 def _transcript(document: object) -> Transcript:
-    if not isinstance(document, dict) or set(document) != set(_FIELD_TYPES):
+    required = set(_FIELD_TYPES) - OPTIONAL_FIELDS
+    if (
+        not isinstance(document, dict)
+        or not required <= set(document)
+        or not set(document) <= set(_FIELD_TYPES)
+    ):
         raise ValueError("its transcript does not have exactly the transcript fields")
     for name, kind in _FIELD_TYPES.items():
+        if name not in document:
+            continue  # an optional field a transcript from before it existed omits
         value = document[name]
         expected = {"str": str, "bool": bool, "int": int}[str(kind)]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

@@ -18,14 +18,14 @@ import copy
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from coordinator.aggregate import AggregateQuery, run_aggregate
 from coordinator.aggregate_report import aggregate_report_json, render_aggregate
-from coordinator.case_record import case_record, case_record_html
+from coordinator.case_record import case_record, write_case_record
 from coordinator.catalogue import INFO_TIMEOUT_SECONDS, DatasetCatalogue, require_dataset
 from coordinator.certificates import ensure_investigator_certificate
 from coordinator.checks import QueryUsageError, check_case, legal_basis_code
@@ -45,6 +45,7 @@ from coordinator.match import MatchQuery, run_match
 from coordinator.overlap import OverlapOutcome, OverlapQuery, run_overlap
 from coordinator.overlap_report import render as render_overlap
 from coordinator.overlap_report import report_json as overlap_report_json
+from coordinator.pools import PoolStore, PreparedPools, prepare_pools
 from coordinator.progress import Progress, silent
 from coordinator.report import WatchlistSummary, plural, status_summary
 from coordinator.report import render as render_match
@@ -216,7 +217,7 @@ class RequestReport:
     """Follow-up requests as the nodes signed them: one just submitted, or those of a case."""
 
     case: str
-    query: str  # disclose | preserve | request-status
+    query: str  # disclose | preserve | freeze | request-status
     dataset: str
     results: tuple[FollowUpResult, ...]
 
@@ -289,6 +290,7 @@ class FederationClient:
         self._filters = filters if filters is not None else FilterCache.default()
         self._tags = tags if tags is not None else TagCache.default()
         self._datasets = datasets if datasets is not None else DatasetCatalogue.default(federation)
+        self._pools = PoolStore.default()  # additive blinding entries, filled by prepare()
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -334,12 +336,17 @@ class FederationClient:
 
     # --- queries --------------------------------------------------------------------------
 
-    def prepare(self, *, dataset: str, items: int) -> None:
-        """Warm up for a query of `items` items on `dataset`.
-
-        For now a documented no-op: filters and position tags are fetched, and
-        cached, by the first query that needs them.
-        """
+    def prepare(
+        self, *, dataset: str, items: int, nodes: Sequence[str] | None = None
+    ) -> PreparedPools:
+        """Store `items` additive blinding entries per node whose proof verifies (docs/protocol.md):
+        matches of up to that many items then blind with one addition per item and node."""
+        entries = self._nodes(nodes)
+        self._require_dataset(dataset, entries)
+        args = (self.federation, dataset, items, self._connections, self._trust.ca_pem, self._pools)
+        return prepare_pools(
+            *args, nodes=entries, progress=self.progress, revoked=self._trust.revoked
+        )
 
     def match(
         self,
@@ -376,6 +383,7 @@ class FederationClient:
             cache=self._filters,
             progress=self.progress,
             revoked=self._trust.revoked,
+            pools=self._pools,
         )
         document = match_report_json(
             case, "match", dataset, results, watchlist.summary, legal_basis
@@ -499,17 +507,9 @@ class FederationClient:
     ) -> RequestReport:
         """Ask `node` for the fields it holds on one item (default: all its policy allows)."""
         case, legal_basis = self._checked(case, legal_basis)
-        ask = FollowUpAsk(
-            kind="disclose",
-            dataset=dataset,
-            item=item,
-            case_ref=case,
-            legal_basis=legal_basis,
-            reason=reason or "",
-            fields=tuple(fields or ()),
-            identifier_kind=kind,
-        )
-        return self._submit(node, ask)
+        fields_asked = tuple(fields or ())
+        ask = FollowUpAsk("disclose", dataset, item, case, legal_basis, reason or "", fields_asked)
+        return self._submit(node, replace(ask, identifier_kind=kind))
 
     def request_preserve(
         self,
@@ -527,17 +527,30 @@ class FederationClient:
         if days is not None and days < 1:
             raise ApiUsageError(f"days={days}: a preservation period is at least 1 day")
         case, legal_basis = self._checked(case, legal_basis)
-        ask = FollowUpAsk(
-            kind="preserve",
-            dataset=dataset,
-            item=item,
-            case_ref=case,
-            legal_basis=legal_basis,
-            reason=reason or "",
-            preservation_days=days or 0,
-            identifier_kind=kind,
+        ask = FollowUpAsk("preserve", dataset, item, case, legal_basis, reason or "")
+        return self._submit(node, replace(ask, preservation_days=days or 0, identifier_kind=kind))
+
+    def request_freeze(
+        self,
+        *,
+        node: str,
+        dataset: str,
+        item: str,
+        case: str,
+        legal_basis: str,
+        amount_eur: int,
+        days: int,
+        reason: str | None = None,
+        kind: str | None = None,
+    ) -> RequestReport:
+        """Ask `node` to freeze (restrain) `amount_eur` behind one item for `days` days."""
+        if days < 1 or amount_eur < 1:
+            raise ApiUsageError("a freeze order needs days >= 1 and amount_eur >= 1")
+        case, legal_basis = self._checked(case, legal_basis)
+        ask = FollowUpAsk("freeze", dataset, item, case, legal_basis, reason or "")
+        return self._submit(
+            node, replace(ask, preservation_days=days, amount_eur=amount_eur, identifier_kind=kind)
         )
-        return self._submit(node, ask)
 
     def request_status(self, *, case: str, node: str | None = None) -> RequestReport:
         """The state of our requests under `case`, at one node or every node."""
@@ -573,17 +586,8 @@ class FederationClient:
             raise ExportFailed(f"{result.node}: {result.status}: {result.reason}")
         document = case_record(result.requests[0], self.federation.investigator, _now())
         document = sign_report(document, self._key_pem, self._cert_pem)
-        directory = Path(out)
         stem = f"{case}-{result.node}-{request_id}".replace("/", "_")
-        json_path, html_path = directory / f"{stem}.json", directory / f"{stem}.html"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(_json_text(document), encoding="utf-8")
-            html_path.write_text(case_record_html(document), encoding="utf-8")
-        except OSError as exc:
-            raise FedtraceError(
-                f"{directory}: cannot write the case record: {exc.strerror}"
-            ) from None
+        json_path, html_path = write_case_record(document, Path(out), stem)
         return ExportReport(case, result.node, request_id, json_path, html_path, document)
 
 

@@ -60,6 +60,12 @@ _scalar_reduce: Callable[[bytes], bytes] = rbcl.crypto_core_ristretto255_scalar_
 PROOF_DST = b"FEDTRACE-V1-BLINDING-POINT-DLEQ"
 PROOF_BYTES = 2 * group.SCALAR_BYTES
 
+#: Transcript labels of the two blindings (``fedtrace.v1.Blinding``).
+MULTIPLICATIVE = "multiplicative"
+ADDITIVE = "additive"
+#: The start of a node's FAILED_PRECONDITION refusal of an additive request it would shuffle.
+NEEDS_UNSHUFFLED = "additive blinding needs an unshuffled level"
+
 
 class InvalidProof(ValueError):
     """The node's proof that ``C = b⁻¹·G`` for the ``b`` behind ``B = b·G`` does not verify."""
@@ -92,6 +98,11 @@ def subtract_points(left: bytes, right: bytes) -> bytes:
 def blinding_point(secret_key: bytes) -> bytes:
     """The node's published ``C = b⁻¹·G`` for its epoch scalar ``b``."""
     return _multiply_base(group.invert_scalar(secret_key))
+
+
+def blinding_context(node: str, dataset: str, epoch_id: str) -> bytes:
+    """The proof's context: node, dataset and epoch id, each length-prefixed (UTF-8)."""
+    return b"".join(_pack_text(value) for value in (node, dataset, epoch_id))
 
 
 def _challenge(context: bytes, *points: bytes) -> bytes:
@@ -210,6 +221,12 @@ class BlindingPool:
             self._cursor.next = start + count
         return self.entries[start : start + count]
 
+    def extended(self, more: BlindingPool) -> BlindingPool:
+        """A new pool of this pool's unspent entries followed by ``more``'s (same binding)."""
+        if more.binding != self.binding:
+            raise StalePool("cannot merge pools prepared for different bindings")
+        return BlindingPool(self.binding, self.unspent().entries + more.unspent().entries)
+
     def unspent(self) -> BlindingPool:
         """A new pool of the entries not yet handed out (what should go back to disk)."""
         with self._cursor.lock:
@@ -287,6 +304,14 @@ def _blind_checked_points(
     return [add(point, entry.masked) for point, entry in zip(points, entries, strict=True)], entries
 
 
+def blind_hashed(
+    points: Sequence[bytes], pool: BlindingPool, binding: PoolBinding
+) -> tuple[list[bytes], tuple[PoolEntry, ...]]:
+    """``blind`` for points fresh from ``group.hash_to_group_many``: valid by construction,
+    so not validated again (the online step is then one addition per point)."""
+    return _blind_checked_points(points, pool, binding)
+
+
 def hash_and_blind(
     items: Sequence[bytes],
     pool: BlindingPool,
@@ -296,7 +321,7 @@ def hash_and_blind(
 ) -> tuple[list[bytes], tuple[PoolEntry, ...]]:
     """``blind`` over ``hash_to_group`` of each item (the coordinator's whole online step)."""
     # Points fresh from hash_to_group are valid by construction: no re-validation.
-    return _blind_checked_points([group.hash_to_group(item, dst) for item in items], pool, binding)
+    return _blind_checked_points(group.hash_to_group_many(items, dst), pool, binding)
 
 
 def unblind(answers: Sequence[bytes], entries: Sequence[PoolEntry]) -> list[bytes]:
@@ -307,10 +332,15 @@ def unblind(answers: Sequence[bytes], entries: Sequence[PoolEntry]) -> list[byte
     sub = _sub
     results = []
     for index, (answer, entry) in enumerate(zip(answers, entries, strict=True)):
-        group.validate_point(answer, index)
+        if len(answer) != group.POINT_BYTES or answer == identity or answer[31] & 0x80:
+            group.validate_point(answer, index)  # raises, naming the reason
+        # libsodium decodes (and so validates) both operands; for an invalid one it
+        # fails and rbcl returns 32 zero bytes, so one identity test after the
+        # subtraction replaces a separate decode of every answer.
         result = sub(answer, entry.unmask)
         if result == identity:
-            # Only a party that knows r·G can cause this: never a valid answer.
+            group.validate_point(answer, index)  # an invalid encoding: raises
+            # A valid answer equal to r·G: only a party that knows r·G can send it.
             raise group.InvalidPoint("answer unblinds to the identity", index)
         results.append(result)
     return results
@@ -357,26 +387,37 @@ class _Reader:
             raise MalformedPool("a binding name is not UTF-8") from None
 
 
-def pool_from_bytes(data: bytes, *, recompute: bool = False) -> BlindingPool:
-    """Decode ``pool_to_bytes`` output, validating every scalar and point.
-
-    With ``recompute`` each entry's ``r·C`` and ``r·G`` are recomputed and
-    compared (two multiplications per entry), catching a corrupted file.
-    """
-    reader = _Reader(data)
+def _read_binding(reader: _Reader) -> PoolBinding:
     magic, version = _HEADER.unpack(reader.read(_HEADER.size))
     if magic != _MAGIC or version != _FORMAT_VERSION:
         raise MalformedPool("not an additive blinding pool of a known version")
     node, dataset, epoch_id = reader.text(), reader.text(), reader.text()
     try:
-        binding = PoolBinding(node, dataset, epoch_id, reader.read(group.POINT_BYTES))
+        return PoolBinding(node, dataset, epoch_id, reader.read(group.POINT_BYTES))
     except ValueError as exc:
         raise MalformedPool(f"bad pool binding: {exc}") from None
+
+
+def pool_binding_from_bytes(data: bytes) -> PoolBinding:
+    """Only the binding of serialised pool bytes (no entry is read or checked)."""
+    return _read_binding(_Reader(data))
+
+
+def pool_from_bytes(data: bytes, *, recompute: bool = False, validate: bool = True) -> BlindingPool:
+    """Decode ``pool_to_bytes`` output, validating every scalar and point.
+
+    With ``recompute`` each entry's ``r·C`` and ``r·G`` are recomputed and
+    compared (two multiplications per entry), catching a corrupted file.
+    ``validate=False`` skips the per-entry checks (the binding is still checked),
+    for bytes whose integrity the caller has established, e.g. by a digest.
+    """
+    reader = _Reader(data)
+    binding = _read_binding(reader)
     (count,) = _COUNT.unpack(reader.read(_COUNT.size))
     if len(data) - reader.offset != count * ENTRY_BYTES:
         raise MalformedPool(f"pool announces {count} entries but holds another length")
     entries = _entries(reader.read(count * ENTRY_BYTES))
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(entries if validate or recompute else ()):
         try:
             group.invert_scalar(entry.scalar)  # canonical and non-zero
             group.validate_point(entry.masked, index)

@@ -22,6 +22,8 @@ import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
 
 from fedtrace import parallel
 
+#: The group's name as nodes announce it (``DatasetInfo.group``).
+GROUP_NAME = "ristretto255"
 POINT_BYTES = 32
 SCALAR_BYTES = 32
 MEMBERSHIP_DST = b"FEDTRACE-V1-PSI_XMD:SHA-512_R255MAP_RO_"
@@ -43,6 +45,9 @@ _OVERSIZE_DST_PREFIX = b"H2C-OVERSIZE-DST-"
 # Typed handles on the libsodium calls used here.
 _from_hash: Callable[[bytes], bytes] = rbcl.crypto_core_ristretto255_from_hash
 _multiply: Callable[[bytes, bytes], bytes] = rbcl.crypto_scalarmult_ristretto255
+_multiply_base: Callable[[bytes], bytes] = rbcl.crypto_scalarmult_ristretto255_base
+_add: Callable[[bytes, bytes], bytes] = rbcl.crypto_core_ristretto255_add
+_sub: Callable[[bytes, bytes], bytes] = rbcl.crypto_core_ristretto255_sub
 _is_valid_point: Callable[[bytes], bool] = rbcl.crypto_core_ristretto255_is_valid_point
 _scalar_random: Callable[[], bytes] = rbcl.crypto_core_ristretto255_scalar_random
 _scalar_invert: Callable[[bytes], bytes] = rbcl.crypto_core_ristretto255_scalar_invert
@@ -108,6 +113,22 @@ def _hash_many(items: Sequence[bytes], dst: bytes) -> list[bytes]:
     return points
 
 
+def hash_to_group_many(
+    items: Sequence[bytes], dst: bytes = MEMBERSHIP_DST, *, workers: int | None = None
+) -> list[bytes]:
+    """``[hash_to_group(x, dst) for x in items]`` at batch speed (process pool when large)."""
+    _dst_prime(dst)
+    resolved, bounds = _plan(len(items), workers)
+    if len(bounds) == 1:
+        return _hash_many(items, dst)
+    chunk_args: list[tuple[object, ...]] = []
+    for start, stop in bounds:
+        chunk = items[start:stop]
+        lengths = array.array("I", [len(item) for item in chunk])
+        chunk_args.append((b"".join(chunk), lengths.tobytes(), dst))
+    return split_points(b"".join(parallel.run_chunks(_hash_chunk, chunk_args, resolved)))
+
+
 def one_way_map(uniform: bytes) -> bytes:
     """RFC 9496 section 4.3.4 element derivation from 64 uniform bytes."""
     if len(uniform) != _UNIFORM_BYTES:
@@ -156,6 +177,30 @@ def validate_point(point: bytes, index: int | None = None) -> None:
         raise InvalidPoint("not a canonical ristretto255 encoding", index)
 
 
+def multiply_base(scalar: bytes) -> bytes:
+    """``scalar·G`` for a canonical non-zero scalar (fixed-base, constant time)."""
+    _scalar_int(scalar)
+    return _multiply_base(scalar)
+
+
+def add_points(left: bytes, right: bytes) -> bytes:
+    """``left + right``, validating both; ``InvalidPoint`` for an invalid input.
+
+    libsodium reports an invalid input only through a return code that rbcl
+    drops (it returns 32 zero bytes), so the inputs are checked here.
+    """
+    validate_point(left, 0)
+    validate_point(right, 1)
+    return _add(left, right)
+
+
+def subtract_points(left: bytes, right: bytes) -> bytes:
+    """``left − right``, validating both; ``InvalidPoint`` for an invalid input."""
+    validate_point(left, 0)
+    validate_point(right, 1)
+    return _sub(left, right)
+
+
 def split_points(blob: bytes) -> list[bytes]:
     """Cut a concatenation of 32-byte encodings into points (not yet validated)."""
     if len(blob) % POINT_BYTES:
@@ -174,7 +219,7 @@ def _exponentiate_in_process(points: Sequence[bytes], scalar: bytes, offset: int
 # Pool tasks: bytes in, bytes out. Module-level so workers can import them by name.
 
 
-def _blind_chunk(items_blob: bytes, lengths_blob: bytes, scalar: bytes, dst: bytes) -> bytes:
+def _unpack_items(items_blob: bytes, lengths_blob: bytes) -> list[bytes]:
     lengths = array.array("I")
     lengths.frombytes(lengths_blob)
     items = []
@@ -182,8 +227,17 @@ def _blind_chunk(items_blob: bytes, lengths_blob: bytes, scalar: bytes, dst: byt
     for length in lengths:
         items.append(items_blob[start : start + length])
         start += length
+    return items
+
+
+def _blind_chunk(items_blob: bytes, lengths_blob: bytes, scalar: bytes, dst: bytes) -> bytes:
     multiply = _multiply
+    items = _unpack_items(items_blob, lengths_blob)
     return b"".join([multiply(scalar, point) for point in _hash_many(items, dst)])
+
+
+def _hash_chunk(items_blob: bytes, lengths_blob: bytes, dst: bytes) -> bytes:
+    return b"".join(_hash_many(_unpack_items(items_blob, lengths_blob), dst))
 
 
 def _exponentiate_chunk(points_blob: bytes, scalar: bytes, offset: int) -> bytes:

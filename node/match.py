@@ -2,7 +2,11 @@
 
 Read the stream's header and its points (every point validated, the count
 exactly as announced), evaluate the blinded points under the epoch key at the
-admitted level (shuffled for cardinality), and sign the transcript. Admission,
+admitted level (shuffled for cardinality), and sign the transcript. The
+evaluation is the same multiplication by ``b`` whether the coordinator blinded
+multiplicatively or additively (``fedtrace.blinding``); an additive request is
+refused at a shuffled level, since its per-point masks cannot be removed from a
+permuted answer, and the transcript records the blinding. Admission,
 settlement and audit happen around these steps in `node.session`.
 """
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from fedtrace import group, psi
+from fedtrace import blinding, group, psi
 from fedtrace.pki import Identity, sign
 from fedtrace.transcript import Transcript
 from fedtrace.v1 import aggregate_pb2, node_pb2
@@ -101,6 +105,24 @@ def read_match_points(
     return MatchRequest(header, received.points, received.request_sha256)
 
 
+def is_additive(header: node_pb2.EvaluateHeader) -> bool:
+    return header.blinding == node_pb2.BLINDING_ADDITIVE
+
+
+def check_blinding(header: node_pb2.EvaluateHeader, admission: Admission) -> None:
+    """Refuse an unknown blinding, and an additive one at a level answered shuffled."""
+    if header.blinding not in (node_pb2.BLINDING_MULTIPLICATIVE, node_pb2.BLINDING_ADDITIVE):
+        raise QueryRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"unknown blinding {int(header.blinding)}"
+        )
+    if is_additive(header) and admission.level == Level.CARDINALITY:
+        raise QueryRefused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{blinding.NEEDS_UNSHUFFLED}: the grant answers {admission.level.label}, "
+            "shuffled; send the points blinded multiplicatively",
+        )
+
+
 @dataclass(frozen=True)
 class MatchAnswer:
     summary: node_pb2.EvaluateSummary
@@ -121,6 +143,7 @@ def compute_match_answer(
     except group.InvalidPoint as exc:
         raise QueryRefused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid point: {exc}") from None
     shuffled = level == Level.CARDINALITY
+    additive = is_additive(header)
     if shuffled:
         answer = psi.shuffled(answer)
     response = b"".join(answer)
@@ -140,6 +163,10 @@ def compute_match_answer(
         item_count=len(answer),
         request_sha256=request.request_sha256,
         response_sha256=hashlib.sha256(response).hexdigest(),
+        blinding=blinding.ADDITIVE if additive else blinding.MULTIPLICATIVE,
+        blinding_point_sha256=(
+            hashlib.sha256(epoch.blinding_point).hexdigest() if additive else ""
+        ),
     )
     digest = transcript.digest()
     summary = node_pb2.EvaluateSummary(

@@ -1,10 +1,11 @@
-"""`fedtrace query match|aggregate|overlap`: the investigator's queries, over the Python API.
+"""`fedtrace query match|aggregate|overlap|prepare`: investigator queries, over the Python API.
 
 Each handler checks the case reference and legal basis first (coordinator.checks;
 the client then checks the dataset against what the nodes announced), turns its
 arguments into a call of `fedtrace.api.FederationClient`, so the CLI's `--format
 json` output is the report's `to_dict()`, and writes the report to stdout, or to
-`--out` with a one-line summary on stdout.
+`--out` with a one-line summary on stdout. `query prepare` stores additive blinding
+entries for later matches and prints how many each node now has.
 """
 
 from __future__ import annotations
@@ -174,6 +175,42 @@ def _query_overlap(args: argparse.Namespace) -> int:
     return _emit(report, args)
 
 
+def _query_prepare(args: argparse.Namespace) -> int:
+    from coordinator.federation import load_federation
+    from coordinator.progress import progress_display
+    from fedtrace.api import FederationClient
+
+    if args.items < 1:
+        raise FedtraceError("--items must be at least 1")
+    federation = load_federation(Path(args.federation))
+    federation.select(_nodes(args))
+    with (
+        progress_display(sys.stderr.isatty()) as progress,
+        FederationClient(federation, progress=progress) as client,
+    ):
+        prepared = client.prepare(dataset=args.dataset, items=args.items, nodes=_nodes(args))
+    sys.stdout.write(prepared.render())
+    return ExitCode.OK if prepared.complete else ExitCode.PARTIAL
+
+
+def _add_prepare(query: Any) -> None:
+    p = query.add_parser(
+        "prepare",
+        help="precompute additive blinding entries so later matches blind faster",
+    )
+    add_federation(p)
+    add_dataset(p)
+    p.add_argument(
+        "--items",
+        type=int,
+        required=True,
+        metavar="N",
+        help="entries to hold per node: enough for matches of up to N items",
+    )
+    p.add_argument("--nodes", metavar="A,B", help="only these nodes of the federation")
+    p.set_defaults(run=_query_prepare)
+
+
 def _add_match(query: Any) -> None:
     p = query.add_parser("match", help="which watchlist items each node holds")
     add_federation(p)
@@ -230,7 +267,8 @@ def _add_aggregate(query: Any) -> None:
         "--epsilon",
         type=float,
         default=0.0,
-        help="privacy loss to spend per node (default: each grant's epsilon_per_query)",
+        help="privacy loss per node: 0 (the default) takes each grant's epsilon_per_query; "
+        "any other value must equal it, since the node sets epsilon from its policy",
     )
     p.add_argument("--nodes", metavar="A,B", help="only these nodes of the federation")
     p.add_argument("--column", metavar="NAME", help="CSV watchlist column holding the identifiers")
@@ -264,3 +302,4 @@ def register(commands: Any) -> None:
     _add_match(query)
     _add_aggregate(query)
     _add_overlap(query)
+    _add_prepare(query)

@@ -57,6 +57,29 @@ OVERLAP: Disclosure.ValueType  # 5
 """participation in the overlap query"""
 Global___Disclosure: _TypeAlias = Disclosure  # noqa: Y015
 
+class _Blinding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlindingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Blinding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLINDING_MULTIPLICATIVE: _Blinding.ValueType  # 0
+    """H(x)·a, one a for the batch (and what old coordinators send)"""
+    BLINDING_ADDITIVE: _Blinding.ValueType  # 1
+    """H(x) + r·C, one single-use r per point"""
+
+class Blinding(_Blinding, metaclass=_BlindingEnumTypeWrapper):
+    """How the coordinator blinded the points it sends; the node's evaluation is the same
+    multiplication by b either way. Additive points cannot be unmasked once shuffled,
+    so the node refuses an additive request its policy answers shuffled.
+    """
+
+BLINDING_MULTIPLICATIVE: Blinding.ValueType  # 0
+"""H(x)·a, one a for the batch (and what old coordinators send)"""
+BLINDING_ADDITIVE: Blinding.ValueType  # 1
+"""H(x) + r·C, one single-use r per point"""
+Global___Blinding: _TypeAlias = Blinding  # noqa: Y015
+
 @_typing.final
 class QueryContext(_message.Message):
     """Carried by every query so the node can check and audit it."""
@@ -114,12 +137,27 @@ class DatasetInfo(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     AGGREGATE_COLUMNS_FIELD_NUMBER: _builtins.int
     DISCLOSABLE_COLUMNS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    BLINDING_POINT_FIELD_NUMBER: _builtins.int
+    KEY_COMMITMENT_FIELD_NUMBER: _builtins.int
+    BLINDING_PROOF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     identifier_kind: _builtins.str
     """"wallet" | "person" """
     epoch_id: _builtins.str
     size: _builtins.int
     """number of keys in the epoch table"""
+    group: _builtins.str
+    """Additive blinding (docs/protocol.md): the epoch's C = b⁻¹·G, B = b·G and a
+    Chaum–Pedersen proof (e ‖ s, 64 bytes) that one b gives both, bound to
+    (node, dataset, epoch_id). Empty for a dataset the caller holds no grant for.
+    "ristretto255"
+    """
+    blinding_point: _builtins.bytes
+    """C"""
+    key_commitment: _builtins.bytes
+    """B"""
+    blinding_proof: _builtins.bytes
     @_builtins.property
     def aggregate_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -133,10 +171,14 @@ class DatasetInfo(_message.Message):
         size: _builtins.int = ...,
         aggregate_columns: _abc.Iterable[_builtins.str] | None = ...,
         disclosable_columns: _abc.Iterable[_builtins.str] | None = ...,
+        group: _builtins.str = ...,
+        blinding_point: _builtins.bytes = ...,
+        key_commitment: _builtins.bytes = ...,
+        blinding_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "identifier_kind", b"identifier_kind", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "blinding_point", b"blinding_point", "blinding_proof", b"blinding_proof", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "group", b"group", "identifier_kind", b"identifier_kind", "key_commitment", b"key_commitment", "name", b"name", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -297,6 +339,7 @@ class EvaluateHeader(_message.Message):
     EPOCH_ID_FIELD_NUMBER: _builtins.int
     DISCLOSURE_FIELD_NUMBER: _builtins.int
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    BLINDING_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     """the epoch whose filter the coordinator holds"""
@@ -304,6 +347,8 @@ class EvaluateHeader(_message.Message):
     """the level the investigator asks for"""
     item_count: _builtins.int
     """number of points that follow, checked against the policy"""
+    blinding: Global___Blinding.ValueType
+    """recorded in the signed transcript"""
     @_builtins.property
     def context(self) -> Global___QueryContext: ...
     def __init__(
@@ -314,10 +359,11 @@ class EvaluateHeader(_message.Message):
         epoch_id: _builtins.str = ...,
         disclosure: Global___Disclosure.ValueType = ...,
         item_count: _builtins.int = ...,
+        blinding: Global___Blinding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinding", b"blinding", "context", b"context", "dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

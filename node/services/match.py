@@ -1,7 +1,8 @@
 """NodeService: GetInfo, GetFilter and Evaluate (the match query), over `node.match`.
 
 Flow of a match: read the header → admission through the gate (policy, budgets,
-audit; `node.session`) → read and bound the points → blinded evaluation →
+audit; `node.session`) → an additive request at a shuffled level is refused →
+read and bound the points → blinded evaluation →
 (shuffle for cardinality) → signed transcript → settle (charge kept, answer
 audited) → stream the answer.
 """
@@ -18,7 +19,13 @@ from fedtrace.v1 import node_pb2, node_pb2_grpc
 from fedtrace.wire import CHUNK_BYTES, batched
 from node.gate import QueryContextInfo, QueryRefused
 from node.lookups import FILTER, admit_lookup, granted_datasets, record_lookup
-from node.match import MatchAnswer, compute_match_answer, read_match_header, read_match_points
+from node.match import (
+    MatchAnswer,
+    check_blinding,
+    compute_match_answer,
+    read_match_header,
+    read_match_points,
+)
 from node.policy import QueryKind
 from node.session import abort, caller, query_session
 from node.state import NodeState, serving_epoch
@@ -51,6 +58,10 @@ def node_info(state: NodeState, granted: set[str] | None = None) -> node_pb2.Nod
                 size=epoch.item_count,
                 aggregate_columns=dataset.aggregate_columns,
                 disclosable_columns=dataset.disclosable_columns,
+                group=group.GROUP_NAME,
+                blinding_point=epoch.blinding_point,
+                key_commitment=epoch.key_commitment,
+                blinding_proof=epoch.blinding_proof(state.config.jurisdiction),
             )
         )
     return node_pb2.NodeInfo(
@@ -123,16 +134,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             header, asked = read_match_header(state, requests)
             info = QueryContextInfo.from_proto(header.context)
             admission = session.admit(header.dataset, info, header.item_count, asked)
+            check_blinding(header, admission)  # before any point is read
             request = read_match_points(header, requests)
             answer = compute_match_answer(state, session.identity, request, admission)
             # Charged and audited before the first byte of the answer leaves the node.
             session.answered(transcript_sha256=answer.transcript.digest().hex())
             log.info(
-                "match answered: partner=%s dataset=%s items=%d level=%s policy=%s",
+                "match answered: partner=%s dataset=%s items=%d level=%s policy=%s blinding=%s",
                 session.identity.jurisdiction,
                 header.dataset,
                 answer.summary.item_count,
                 admission.level.label,
                 admission.policy.version,
+                answer.transcript.blinding,
             )
             yield from match_messages(answer)

@@ -241,3 +241,47 @@ def test_vector_scalars_follow_their_stated_derivation() -> None:
     assert doc["b"] == derived(b"node epoch key b")
     for index, vector in enumerate(doc["vectors"]):
         assert vector["r"] == derived(b"pool entry r %d" % index)
+
+
+def test_context_binding_header_and_extension() -> None:
+    assert blinding.blinding_context("EE", "wallets", "ab") == (
+        b"\x00\x02EE\x00\x07wallets\x00\x02ab"
+    )
+    # Length prefixes keep ("EE", "wa") and ("EEw", "a") apart.
+    assert blinding.blinding_context("EE", "wa", "x") != blinding.blinding_context("EEw", "a", "x")
+    key = group.random_scalar()
+    binding = _binding(key)
+    pool = blinding.prepare_pool(binding, 3, workers=1)
+    pool.take(1)
+    data = blinding.pool_to_bytes(pool)
+    assert blinding.pool_binding_from_bytes(data) == binding
+    with pytest.raises(blinding.MalformedPool):
+        blinding.pool_binding_from_bytes(b"FTAX" + data[4:])
+    more = blinding.prepare_pool(binding, 2, workers=1)
+    merged = pool.extended(more)
+    assert merged.entries == pool.entries[1:] + more.entries
+    with pytest.raises(blinding.StalePool):
+        pool.extended(blinding.prepare_pool(_binding(key, "ff"), 1, workers=1))
+    items = _items(4)
+    hashed = group.hash_to_group_many(items)
+    sent, entries = blinding.blind_hashed(hashed, merged, binding)
+    assert blinding.unblind(psi.evaluate(sent, key), entries) == group.blind_items(items, key)
+    assert merged.remaining == 0
+
+
+def test_unblind_refuses_every_invalid_encoding_through_the_subtraction() -> None:
+    # unblind relies on libsodium failing (rbcl then returns zero bytes) for an
+    # invalid operand instead of decoding each answer twice: every RFC 9496
+    # invalid encoding must still be refused.
+    vectors = json.loads((VECTORS.parent / "ristretto255.json").read_text())
+    key = group.random_scalar()
+    binding = _binding(key)
+    pool = blinding.prepare_pool(binding, 3, workers=1)
+    sent, entries = blinding.hash_and_blind(_items(3), pool, binding)
+    answers = psi.evaluate(sent, key)
+    for encodings in vectors["invalid_encodings"].values():
+        for encoding in encodings:
+            with pytest.raises(group.InvalidPoint, match="canonical") as info:
+                blinding.unblind([answers[0], bytes.fromhex(encoding), answers[2]], entries)
+            assert info.value.index == 1
+    assert blinding.pool_from_bytes(blinding.pool_to_bytes(pool), validate=False).binding == binding

@@ -191,3 +191,27 @@ def test_parallel_path_matches_in_process_and_keeps_order() -> None:
     assert group.exponentiate(pooled[:5] * 5_000, scalar, workers=2)[:5] == (
         group.exponentiate(pooled[:5], scalar, workers=1)
     )
+
+
+def test_point_arithmetic_checks_its_inputs() -> None:
+    g = group.multiply_base(scalar_of(1))
+    assert g == bytes.fromhex(RISTRETTO["generator_multiples"][1])
+    two, three = group.multiply_base(scalar_of(2)), group.multiply_base(scalar_of(3))
+    assert group.add_points(g, two) == three
+    assert group.subtract_points(three, g) == two
+    for bad in (bytes(32), b"\xff" * 32, bytes(31)):
+        with pytest.raises(group.InvalidPoint):
+            group.add_points(g, bad)
+        with pytest.raises(group.InvalidPoint):
+            group.subtract_points(bad, g)
+    with pytest.raises(ValueError, match="canonical"):
+        group.multiply_base(scalar_of(0))
+
+
+def test_hash_to_group_many_equals_one_by_one_in_and_out_of_process() -> None:
+    items = [f"item-{index}".encode() for index in range(group.PARALLEL_THRESHOLD + 5)]
+    expected = [group.hash_to_group(item) for item in items[:50]]
+    assert group.hash_to_group_many(items[:50]) == expected
+    parallel = group.hash_to_group_many(items, workers=2)
+    assert parallel[:50] == expected and len(parallel) == len(items)
+    assert parallel[-1] == group.hash_to_group(items[-1])

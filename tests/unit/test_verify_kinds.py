@@ -294,3 +294,21 @@ def test_a_signature_by_a_revoked_certificate_fails_report_verify(
     assert check_node_signature(
         "EE", signature, load_aggregate_transcript, ca, ReportVerification()
     )
+
+
+def test_a_match_transcript_from_before_the_blinding_fields_still_loads() -> None:
+    from coordinator.verify import _transcript
+    from fedtrace.transcript import OPTIONAL_FIELDS, Transcript
+
+    old = {
+        "jurisdiction": "EE", "investigator": "FR", "dataset": "wallets", "epoch_id": "e",
+        "filter_sha256": "f", "disclosure": "membership", "shuffled": False,
+        "policy_version": "p", "case_ref": "C-1", "legal_basis": "MLA", "nonce": "00",
+        "timestamp_unix_ms": 1, "item_count": 1, "request_sha256": "r", "response_sha256": "s",
+    }  # fmt: skip
+    assert not OPTIONAL_FIELDS & set(old)
+    loaded = _transcript(old)
+    assert loaded == Transcript(**old)  # type: ignore[arg-type]
+    assert loaded.signed_fields() == old  # the same bytes are signed as before
+    with pytest.raises(ValueError, match="exactly the transcript fields"):
+        _transcript({**old, "extra": 1})
