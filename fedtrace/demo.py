@@ -7,6 +7,7 @@ serve` processes on loopback, and an investigator's match query.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +45,33 @@ def build_federation(federation: LocalFederation) -> Path:
     return watchlist
 
 
+def keep_addresses(federation: LocalFederation) -> None:
+    """Write each node's bound address into its node.toml, so a restart serves there again."""
+    from node.setup import set_listen
+
+    for node in federation.nodes.values():
+        set_listen(node.node_dir, node.address)
+
+
+def restart_commands(federation: LocalFederation, watchlist: Path) -> list[str]:
+    """The commands that run the kept federation again, as a person types them."""
+    q = shlex.quote
+    serve = [
+        f"fedtrace node serve {q(str(node.node_dir))} &   # {code} on {node.address}"
+        for code, node in federation.nodes.items()
+    ]
+    fed = q(str(federation.federation_file))
+    common = f"--federation {fed} --dataset wallets --legal-basis MLA"
+    return [
+        *serve,
+        f"fedtrace query match {common} --watchlist {q(str(watchlist))} --case DEMO-4",
+        f"fedtrace query aggregate {common} --watchlist {q(str(watchlist))} --case DEMO-5 "
+        "--sum total_in_eur --sum tx_count --total-only",
+        f"fedtrace query overlap {common} --case DEMO-6",
+        f"fedtrace audit show {q(str(federation.nodes['EE'].node_dir))} --limit 20",
+    ]
+
+
 def _investigator(*args: str) -> int:
     """Run one investigator command as a user would, printing its report."""
     done = subprocess.run(cli_argv(*args), text=True, check=False)
@@ -59,6 +87,8 @@ def run_demo(keep: Path | None = None) -> int:
             watchlist = build_federation(federation)
             _say("starting three nodes (each blinds its wallets for a new epoch)")
             federation.start(together=True)
+            if keep is not None:
+                keep_addresses(federation)
             fed = str(federation.federation_file)
             common = ("--federation", fed, "--dataset", "wallets", "--legal-basis", "MLA")
             _say(f"investigator {INVESTIGATOR}: which of 200 watchlisted wallets each node holds\n")
@@ -99,6 +129,11 @@ def run_demo(keep: Path | None = None) -> int:
                 )
             )
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; nodes stopped")
+        if keep is not None:
+            _say(f"\nthe federation is kept in {root}; to run it again (each node in its own")
+            _say("terminal, or in the background as below), then query it:\n")
+            for command in restart_commands(federation, watchlist):
+                _say(f"  {command}")
         failed = [code for code in codes if code not in (0, 3)]
         return failed[0] if failed else ExitCode.OK
     finally:

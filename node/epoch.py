@@ -9,6 +9,11 @@ new epoch starts, the old key file is overwritten and deleted with the old
 table. A database from an older version that still holds a scalar is migrated
 when the epoch is loaded: the scalar moves to its key file, the column is
 cleared and the database checkpointed (said in the log).
+
+For additive blinding (``fedtrace.blinding``) each epoch also derives, from its
+scalar ``b``, the public ``C = b⁻¹·G`` and ``B = b·G`` (when built and again when
+loaded: two base multiplications, so nothing new is stored), and proves once per
+node name that one ``b`` gives both, bound to (node, dataset, epoch id).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import duckdb
 
-from fedtrace import gcs, group
+from fedtrace import blinding, gcs, group
 from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
 from node.config import DatasetConfig
@@ -116,6 +121,23 @@ class Epoch:
     filter_sha256: bytes
     # The secret scalar b: never leaves the node, never logged, not in repr.
     secret_key: bytes = field(repr=False)
+    # Derived from b, never passed in: C = b⁻¹·G and B = b·G (public, additive blinding).
+    blinding_point: bytes = field(init=False)
+    key_commitment: bytes = field(init=False)
+    _proofs: dict[str, bytes] = field(init=False, default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blinding_point", blinding.blinding_point(self.secret_key))
+        object.__setattr__(self, "key_commitment", group.multiply_base(self.secret_key))
+
+    def blinding_proof(self, node: str) -> bytes:
+        """The Chaum–Pedersen proof that ``C = b⁻¹·G`` for ``B = b·G``, bound to this epoch."""
+        proof = self._proofs.get(node)
+        if proof is None:
+            context = blinding.blinding_context(node, self.dataset, self.epoch_id)
+            _, _, proof = blinding.prove_blinding_point(self.secret_key, context)
+            self._proofs[node] = proof  # two threads may both prove: either proof is valid
+        return proof
 
     def is_current(self, version: int, definition: str, now: datetime, hours: float) -> bool:
         return (

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -18,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fedtrace.errors import ConfigError, FedtraceError
 from fedtrace.logs import LogFormat, configure_logging, context
-from fedtrace.pki import read_key_pem
+from fedtrace.pki import ROLE_NODE, PkiError, read_key_pem, verify_issued_by
 from fedtrace.revocation import RevocationWatch
 from fedtrace.v1 import aggregate_pb2_grpc, node_pb2_grpc, overlap_pb2_grpc, requests_pb2_grpc
 from node import store
@@ -37,6 +42,7 @@ from node.systemd import notify_ready, notify_stopping
 
 log = logging.getLogger(__name__)
 
+SERVE_LOCK = "serve.lock"
 STOP_GRACE_SECONDS = 30.0
 EPOCH_CHECK_SECONDS = 10.0
 POLICY_CHECK_SECONDS = 1.0
@@ -54,6 +60,112 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the node's {what}: {exc.strerror}") from None
+
+
+def lock_node_dir(node_dir: Path) -> int:
+    """Hold NODE_DIR/serve.lock for this process's life; a second `node serve` fails at once.
+
+    Returns the open descriptor; the kernel drops the lock when the process exits.
+    """
+    path = node_dir / SERVE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise ConfigError(f"{path}: cannot lock the node directory: {exc.strerror}") from None
+        raise ConfigError(
+            f"{node_dir} is already served by pid {holder}: stop that process first "
+            "(one `fedtrace node serve` per node directory)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def check_certificate(config: NodeConfig) -> None:
+    """The node's certificate exists, chains to the CA and names this jurisdiction's node."""
+    tls_dir = config.tls.cert.parent
+    issue_hint = (
+        f"issue one on the secretariat's machine with `fedtrace pki issue CA_DIR OUT_DIR "
+        f"--name {config.jurisdiction} --role node` and copy its cert.pem and key.pem into "
+        f"{tls_dir}"
+    )
+    if not config.tls.cert.exists():
+        raise ConfigError(f"{config.tls.cert}: the node certificate is missing; {issue_hint}")
+    if not config.tls.key.exists():
+        raise ConfigError(f"{config.tls.key}: the node's private key is missing; {issue_hint}")
+    if not config.tls.ca.exists():
+        raise ConfigError(
+            f"{config.tls.ca}: the federation CA certificate is missing; copy the CA's ca.pem there"
+        )
+    certificate_pem = _read(config.tls.cert, "certificate")
+    try:
+        identity = verify_issued_by(certificate_pem, _read(config.tls.ca, "CA certificate"))
+    except PkiError as exc:
+        raise ConfigError(f"{config.tls.cert}: {exc}") from None
+    if identity.jurisdiction != config.jurisdiction or identity.role != ROLE_NODE:
+        raise ConfigError(
+            f"{config.tls.cert} names {identity.jurisdiction} {identity.role}, but this node is "
+            f"{config.jurisdiction} node; {issue_hint}"
+        )
+
+
+def check_port_free(listen: str) -> None:
+    """Fail before any blinding when another process already listens on HOST:PORT."""
+    host, port = parse_listen(listen, "--listen")
+    if port == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+    family, kind, proto, _, address = candidates[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(_in_use(listen, exc.strerror or "not available")) from None
+
+
+def _in_use(listen: str, why: str) -> str:
+    return (
+        f"cannot listen on {listen}: {why} (is another node serving there?); stop it or "
+        "choose another port with --listen or node.toml's listen"
+    )
+
+
+@contextmanager
+def epoch_progress() -> Iterator[Callable[[str], None]]:
+    """Start-up progress: a live line on a terminal, plain log lines otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda message: log.info("%s", message)
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", markup=False),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        tasks: list[TaskID] = []
+
+        def show(message: str) -> None:
+            for task in tasks:
+                bar.update(task, completed=1, total=1)
+            tasks.append(bar.add_task(message, total=None))
+
+        yield show
+        for task in tasks:
+            bar.update(task, completed=1, total=1)
 
 
 def load_state(
@@ -118,6 +230,7 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a second server on this port fails instead of sharing
         ],
         maximum_concurrent_rpcs=config.limits.max_concurrent_queries * 4,
     )
@@ -150,7 +263,7 @@ def build_server(state: NodeState, listen: str) -> RunningNode:
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise FedtraceError(f"cannot listen on {listen}: address in use or not available here")
+        raise FedtraceError(_in_use(listen, "address in use or not available here"))
     for name in ("", match.SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningNode(server=server, port=bound, state=state)
@@ -195,8 +308,13 @@ def serve(
     """
     configure_logging(log_format, logging.INFO, sys.stderr)
     config = load_node_config(node_dir)
+    # Everything that can be checked in a moment fails here, before any blinding.
+    lock_node_dir(node_dir)
+    check_certificate(config)
+    check_port_free(listen or config.listen)
     database = store.NodeDatabase(config.database)
-    state = load_state(config, database, lambda message: log.info("%s", message))
+    with epoch_progress() as progress:
+        state = load_state(config, database, progress)
     running = build_server(state, listen or config.listen)
     metrics_server = None
     if metrics_listen:

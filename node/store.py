@@ -20,32 +20,22 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from fedtrace.errors import FedtraceError
-from fedtrace.identifiers import InvalidIdentifier, canonical_address, normalize_date, person_keys
+from fedtrace.errors import ExitCode, FedtraceError
+from fedtrace.identifiers import (
+    InvalidIdentifier,
+    canonical_address,
+    detect_wallet,
+    normalize_date,
+    person_keys,
+)
+from node.exchange import REQUIRED_COLUMNS, TABLE_COLUMNS
+
+__all__ = ["REQUIRED_COLUMNS", "TABLE_COLUMNS"]
 
 SCHEMA_VERSION = "1"
 MAX_FIELD_BYTES = 1 << 20  # a CSV field longer than this is hostile or broken
 MAX_REJECTIONS_SHOWN = 5
-
-TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "transactions": (
-        "tx_hash",
-        "chain",
-        "from_address",
-        "to_address",
-        "asset",
-        "amount",
-        "amount_eur",
-        "timestamp",
-    ),
-    "subjects": ("subject_id", "full_name", "date_of_birth", "nationality", "document_number"),
-    "subject_wallets": ("subject_id", "address", "chain"),
-}
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "transactions": ("tx_hash", "chain", "from_address", "to_address", "amount_eur", "timestamp"),
-    "subjects": ("subject_id", "full_name", "date_of_birth"),
-    "subject_wallets": ("subject_id", "address"),
-}
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 _DDL = """
 SET TimeZone = 'UTC';
@@ -90,6 +80,16 @@ class IngestError(FedtraceError):
     """The file could not be ingested; the node's data is unchanged."""
 
 
+class TooManyRejects(IngestError):
+    """More rows were rejected than the operator allowed; nothing was loaded."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, summary: IngestSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class DatabaseBusy(FedtraceError):
     """Another process (usually a running `node serve`) holds the database."""
 
@@ -110,6 +110,19 @@ class IngestSummary:
     first_rejections: tuple[Rejection, ...]
     data_version: int
     extra_columns: tuple[str, ...]
+    delimiter: str = ","  # the CSV field separator found in the header line
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A row an ingest did not load, as `fedtrace node rejects` lists it."""
+
+    ingest_id: int
+    table: str
+    file: str
+    line: int
+    reason: str
+    raw: str | None
 
 
 class NodeDatabase:
@@ -197,8 +210,13 @@ def ingest(
     *,
     allow_duplicate: bool = False,
     progress: Callable[[int], None] | None = None,
+    max_rejects: int | None = None,
 ) -> IngestSummary:
-    """Load a CSV or Parquet file into a standard table, canonicalising identifiers."""
+    """Load a CSV or Parquet file into a standard table, canonicalising identifiers.
+
+    With `max_rejects`, an ingest that rejects more rows than that loads nothing
+    and raises `TooManyRejects` (its summary names the first rejections).
+    """
     if table not in TABLE_COLUMNS:
         raise IngestError(f"unknown table {table!r}; use one of {', '.join(TABLE_COLUMNS)}")
     digest = _sha256(file)
@@ -212,12 +230,19 @@ def ingest(
             f"{file}: this exact file was already ingested into {table} at "
             f"{earlier[0]:%Y-%m-%d %H:%M} UTC; pass --allow-duplicate to load it again"
         )
-    with _open_rows(file) as (header, rows):
+    with _open_rows(file, TABLE_COLUMNS[table]) as (header, rows, delimiter):
         missing = [c for c in REQUIRED_COLUMNS[table] if c not in header]
         if missing:
+            looks = _other_delimiter(header)
+            hint = (
+                f"; the file looks {DELIMITERS[looks]}-separated but its header names none of "
+                f"the columns: check the header line"
+                if looks
+                else ""
+            )
             raise IngestError(
                 f"{file}: missing column(s) {', '.join(missing)} for table {table}; "
-                f"expected {', '.join(TABLE_COLUMNS[table])}"
+                f"expected {', '.join(TABLE_COLUMNS[table])}{hint}"
             )
         standard = TABLE_COLUMNS[table]
         extras = tuple(c for c in header if c not in standard)
@@ -257,6 +282,25 @@ def ingest(
             "rows_rejected) VALUES (?, ?, ?, ?, ?, ?)",
             [ingest_id, table, file.name, digest, loaded, rejected],
         )
+        first_rejections = tuple(Rejection(int(line), str(why)) for line, why in first)
+        if max_rejects is not None and rejected > max_rejects:
+            refused = IngestSummary(
+                table=table,
+                file=file,
+                rows_read=staged.num_rows,
+                rows_loaded=0,
+                rows_rejected=rejected,
+                first_rejections=first_rejections,
+                data_version=data_version(con),
+                extra_columns=extras,
+                delimiter=delimiter,
+            )
+            raise TooManyRejects(
+                f"{file}: {rejected:,} of {staged.num_rows:,} rows rejected, more than "
+                f"--max-rejects {max_rejects} allows; nothing was loaded (fix the rows, or "
+                f"pass --max-rejects {rejected} to load the other rows)",
+                refused,
+            )
         version = data_version(con) + (1 if loaded else 0)
         con.execute("UPDATE meta SET value = ? WHERE key = 'data_version'", [str(version)])
         con.execute("DROP TABLE checked")
@@ -271,10 +315,25 @@ def ingest(
         rows_read=staged.num_rows,
         rows_loaded=loaded,
         rows_rejected=rejected,
-        first_rejections=tuple(Rejection(int(line), str(why)) for line, why in first),
+        first_rejections=first_rejections,
         data_version=version,
         extra_columns=extras,
+        delimiter=delimiter,
     )
+
+
+def rejected_rows(con: duckdb.DuckDBPyConnection, *, limit: int | None = None) -> list[RejectedRow]:
+    """Rows earlier ingests rejected, newest ingest first, in file order within each."""
+    rows = con.execute(
+        "SELECT r.ingest_id, r.table_name, coalesce(i.file_name, ''), r.line, r.reason, "
+        "r.raw::VARCHAR FROM rejected_rows r LEFT JOIN ingests i USING (ingest_id) "
+        "ORDER BY r.ingest_id DESC, r.line" + (" LIMIT ?" if limit is not None else ""),
+        [limit] if limit is not None else [],
+    ).fetchall()
+    return [
+        RejectedRow(int(i), str(t), str(f), int(line), str(why), None if raw is None else str(raw))
+        for i, t, f, line, why, raw in rows
+    ]
 
 
 def _quote(column: str) -> str:
@@ -315,15 +374,40 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def _sniff_delimiter(file: Path, known: tuple[str, ...]) -> str:
+    """The separator that splits the header line into the most known column names."""
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
+            first = handle.readline(64 * 1024)
+    except (OSError, UnicodeDecodeError):
+        return ","  # the reader below reports the problem with its line number
+
+    def hits(delimiter: str) -> int:
+        return sum(c.strip().strip('"').strip() in known for c in first.split(delimiter))
+
+    best = max(DELIMITERS, key=hits)  # ties keep the comma, the first
+    return best if hits(best) > 0 else ","
+
+
+def _other_delimiter(header: list[str]) -> str:
+    """A separator other than the comma that the lone header cell seems to use."""
+    if len(header) != 1:
+        return ""
+    return next((d for d in DELIMITERS if d != "," and d in header[0]), "")
+
+
 @contextmanager
-def _open_rows(file: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str | None]]]]]:
-    """Header and (line number, fields) rows; CSV with exact line numbers, Parquet by row."""
+def _open_rows(
+    file: Path, known: tuple[str, ...]
+) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str | None]]], str]]:
+    """Header, (line number, fields) rows and the separator; CSV lines exact, Parquet by row."""
     if file.suffix.lower() in (".parquet", ".pq"):
-        yield _read_parquet(file)
+        yield (*_read_parquet(file), "")
         return
     csv.field_size_limit(MAX_FIELD_BYTES)
+    delimiter = _sniff_delimiter(file, known)
     with open(file, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, strict=True)
+        reader = csv.reader(handle, strict=True, delimiter=delimiter)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
@@ -337,7 +421,7 @@ def _open_rows(file: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list
             raise IngestError(f"{file}: line 1: broken CSV: {exc}") from None
         if len(set(header)) != len(header) or any(not h for h in header):
             raise IngestError(f"{file}: line 1: header has empty or repeated column names")
-        yield header, _csv_rows(file, reader)
+        yield header, _csv_rows(file, reader), delimiter
 
 
 def _csv_rows(file: Path, reader: Any) -> Iterator[tuple[int, list[str | None]]]:
@@ -451,6 +535,24 @@ def _stage(
     return pa.table(out, schema=schema)
 
 
+def _address_on_chain(value: str, chain: str | None) -> str:
+    """The canonical address; a failure against the chain column says so, as such."""
+    try:
+        return canonical_address(value, chain)
+    except InvalidIdentifier as exc:
+        if chain is None or exc.reason.startswith("unknown chain"):
+            raise
+        try:
+            other = f"; it is a valid {detect_wallet(value)[0]} address"
+        except InvalidIdentifier:
+            other = ""
+        raise InvalidIdentifier(
+            exc.value,
+            f"address {value} is not a valid {chain} address (chain column says {chain}): "
+            f"{exc.reason}{other}",
+        ) from None
+
+
 def _canonicalise_transaction(record: dict[str, str | None]) -> None:
     chain = (record["chain"] or "").lower()
     record["chain"] = chain or None
@@ -458,7 +560,7 @@ def _canonicalise_transaction(record: dict[str, str | None]) -> None:
         value = record[column]
         if value is not None:
             try:
-                record[column] = canonical_address(value, chain or None)
+                record[column] = _address_on_chain(value, chain or None)
             except InvalidIdentifier as exc:
                 raise InvalidIdentifier(exc.value, f"{column}: {exc.reason}") from None
 
@@ -473,7 +575,7 @@ def _canonicalise_subject_wallet(record: dict[str, str | None]) -> None:
     chain = (record["chain"] or "").lower()
     record["chain"] = chain or None
     if record["address"] is not None:
-        record["address"] = canonical_address(record["address"], chain or None)
+        record["address"] = _address_on_chain(record["address"], chain or None)
 
 
 _CANONICALISERS: dict[str, Callable[[dict[str, str | None]], None]] = {

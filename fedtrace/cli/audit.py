@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,23 +50,63 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _moment(option: str, text: str | None, *, end_of_day: bool = False) -> dt.datetime | None:
+    """An ISO date or date-time (UTC unless given); a bare --until date includes that day."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FedtraceError(
+            f"{option} {text!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
+        ) from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    if end_of_day and len(text.strip()) == 10:
+        moment += dt.timedelta(days=1, microseconds=-1)
+    return moment
+
+
 def _audit_show(args: argparse.Namespace) -> int:
-    import datetime as dt
+    import threading
 
     from node.audit import entries, render_entries, select
+    from node.audit.show import Filters, follow, partner_hint
 
+    if args.limit is not None and args.limit < 0:
+        raise FedtraceError(f"--limit {args.limit}: give 0 or more entries")
     directory, _, _ = _audit_dir(Path(args.node_dir))
-    since = None
-    if args.since:
-        try:
-            since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-        except ValueError:
-            raise FedtraceError(
-                f"--since {args.since!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
-            ) from None
-        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
-    chosen = select(entries(directory), partner=args.partner, case=args.case, since=since)
+    filters = Filters(
+        partner=args.partner,
+        case=args.case,
+        since=_moment("--since", args.since),
+        until=_moment("--until", args.until, end_of_day=True),
+    )
+    everything = entries(directory)
+    chosen = select(
+        everything,
+        partner=filters.partner,
+        case=filters.case,
+        since=filters.since,
+        until=filters.until,
+        limit=args.limit,
+    )
+    if args.partner and not chosen:
+        hint = partner_hint(everything, args.partner)
+        if hint:
+            print(f"note: {hint}", file=sys.stderr)
     sys.stdout.write(render_entries(chosen, args.format))
+    sys.stdout.flush()
+    if not args.follow:
+        return ExitCode.OK
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        follow(directory, filters, args.format, write, threading.Event(), after=len(everything))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how following ends
     return ExitCode.OK
 
 
@@ -79,8 +120,17 @@ def register(commands: Any) -> None:
     p.set_defaults(run=_audit_verify)
     p = audit.add_parser("show", help="list audit entries")
     p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("--partner", metavar="CODE")
+    p.add_argument("--partner", metavar="CODE", help="only this partner (any case)")
     p.add_argument("--case", metavar="REF")
     p.add_argument("--since", metavar="DATE", help="ISO date or date-time (UTC unless given)")
+    p.add_argument(
+        "--until", metavar="DATE", help="up to this date (the whole day) or date-time, UTC"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="only the newest N matching entries")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="then print new entries as they are appended, until Ctrl-C (JSON: one per line)",
+    )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(run=_audit_show)

@@ -3,50 +3,139 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedtrace.cli.args import parse_fields, parse_request_id
+from fedtrace.cli.freeze import add_freeze_commands
 from fedtrace.cli.health import add_node_health
-from fedtrace.errors import ExitCode
+from fedtrace.errors import ExitCode, FedtraceError
+from node.exchange import SCHEMA_DOC, describe_tables
+
+if TYPE_CHECKING:
+    from node.store import IngestSummary, RejectedRow
 
 
 def _node_init(args: argparse.Namespace) -> int:
-    from node.setup import init_node
+    from node.setup import init_node, missing_certificate_advice
 
     result = init_node(Path(args.node_dir), args.jurisdiction, Path(args.ca), args.listen)
     print(f"node {args.jurisdiction} created in {result.node_dir}")
-    if not result.certificate_issued:
-        print(
-            f"  {args.ca} holds no CA key: have the secretariat issue a node certificate into "
-            f"{result.node_dir / 'tls'} (cert.pem, key.pem)"
-        )
+    tls_dir = result.node_dir / "tls"
+    if result.installed_from is not None:
+        print(f"  certificate and key from {result.installed_from} installed into {tls_dir}")
+    elif not result.certificate_issued:
+        print(f"  {missing_certificate_advice(Path(args.ca), tls_dir, args.jurisdiction)}")
     print(f"  policy: {result.node_dir / 'policy.toml'} denies everything until a grant is added")
     return ExitCode.OK
+
+
+@contextmanager
+def _row_progress(what: str) -> Iterator[Callable[[int], None]]:
+    """Rows read so far: a live bar on a terminal, a plain line on stderr otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda rows: print(f"{what}: {rows:,} rows read", file=sys.stderr, flush=True)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(what, markup=False),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda rows: bar.update(task, completed=rows)
+
+
+def _print_rejections(summary: IngestSummary) -> None:
+    for rejection in summary.first_rejections:
+        print(f"  line {rejection.line}: {rejection.reason}")
 
 
 def _node_ingest(args: argparse.Namespace) -> int:
     from node import store
     from node.config import load_node_config
 
+    if args.max_rejects is not None and args.max_rejects < 0:
+        raise FedtraceError(f"--max-rejects {args.max_rejects}: give 0 or more rows")
     config = load_node_config(Path(args.node_dir))
-    with store.NodeDatabase(config.database).session() as con:
-        summary = store.ingest(
-            con, Path(args.file), args.table, allow_duplicate=args.allow_duplicate
-        )
+    file = Path(args.file)
+    try:
+        with (
+            store.NodeDatabase(config.database).session() as con,
+            _row_progress(f"{file.name} → {args.table}") as progress,
+        ):
+            summary = store.ingest(
+                con,
+                file,
+                args.table,
+                allow_duplicate=args.allow_duplicate,
+                progress=progress,
+                max_rejects=args.max_rejects if args.max_rejects is not None else 0,
+            )
+    except store.TooManyRejects as refused:
+        _print_rejections(refused.summary)
+        raise
+    separated = store.DELIMITERS.get(summary.delimiter, "comma")
     print(
         f"{summary.file}: {summary.rows_loaded:,} of {summary.rows_read:,} rows loaded into "
         f"{summary.table}; {summary.rows_rejected:,} rejected (data version "
         f"{summary.data_version})"
     )
+    if summary.delimiter not in (",", ""):
+        print(f"  the file is {separated}-separated; read it as such")
     if summary.extra_columns:
         print(f"  extra columns kept: {', '.join(summary.extra_columns)}")
-    for rejection in summary.first_rejections:
-        print(f"  line {rejection.line}: {rejection.reason}")
+    _print_rejections(summary)
     if summary.rows_rejected > len(summary.first_rejections):
-        print("  … all rejections are in the node database's rejected_rows table")
+        print(f"  … list them all with `fedtrace node rejects {args.node_dir}`")
     return ExitCode.OK
+
+
+def _node_rejects(args: argparse.Namespace) -> int:
+    from node import store
+    from node.config import load_node_config
+
+    config = load_node_config(Path(args.node_dir))
+    with store.NodeDatabase(config.database).session() as con:
+        rows = store.rejected_rows(con, limit=args.limit)
+    sys.stdout.write(render_rejects(rows, args.format))
+    return ExitCode.OK
+
+
+def render_rejects(rows: Sequence[RejectedRow], fmt: str) -> str:
+    """The rejected rows as JSON, or a table that fits the terminal."""
+    if fmt == "json":
+        return (
+            json.dumps([dataclasses.asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
+        )
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from node.audit.show import terminal_console
+
+    console = terminal_console()
+    table = Table(box=box.SIMPLE_HEAVY, title=f"{len(rows)} rejected rows", title_justify="left")
+    for column in ("ingest", "table", "file", "line", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            *(Text(str(v)) for v in (row.ingest_id, row.table, row.file, row.line, row.reason))
+        )
+    console.print(table)
+    return str(console.file.getvalue())  # type: ignore[attr-defined]
 
 
 def _node_serve(args: argparse.Namespace) -> int:
@@ -114,23 +203,57 @@ def register(commands: Any) -> None:
         dest="node_command", required=True, metavar="ACTION"
     )
     p = node.add_parser("init", help="create a node directory")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("--jurisdiction", required=True)
-    p.add_argument("--ca", required=True, metavar="CA_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory to create")
+    p.add_argument("--jurisdiction", required=True, help="this node's code, e.g. EE")
+    p.add_argument(
+        "--ca",
+        required=True,
+        metavar="DIR",
+        help="the directory `fedtrace pki issue` wrote for this node (cert.pem, key.pem, "
+        "ca.pem: installed into tls/), or the federation CA's own directory (with ca.key: "
+        "a certificate is issued here)",
+    )
     p.add_argument("--listen", default="127.0.0.1:7001", metavar="HOST:PORT")
     p.set_defaults(run=_node_init)
-    p = node.add_parser("ingest", help="load a CSV or Parquet file into a standard table")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("file", metavar="FILE")
+    p = node.add_parser(
+        "ingest",
+        help="load a CSV or Parquet file into a standard table",
+        description=textwrap.fill(
+            "Load a CSV (comma-, semicolon-, tab- or pipe-separated, UTF-8, one header line) "
+            "or Parquet file into one table of the exchange schema. Rejected rows load "
+            "nothing and exit 1 unless --max-rejects allows them.",
+            width=78,
+        )
+        + "\n\n"
+        + describe_tables(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("file", metavar="FILE", help="the CSV or Parquet (.parquet, .pq) file")
     p.add_argument(
-        "--table", required=True, choices=("transactions", "subjects", "subject_wallets")
+        "--table",
+        required=True,
+        choices=("transactions", "subjects", "subject_wallets"),
+        help=f"the exchange-schema table to load (its columns are listed above; {SCHEMA_DOC})",
     )
     p.add_argument(
         "--allow-duplicate",
         action="store_true",
         help="load a file even if the same file was ingested before",
     )
+    p.add_argument(
+        "--max-rejects",
+        type=int,
+        metavar="N",
+        help="load the valid rows when at most N rows are rejected (default 0: any rejected "
+        "row loads nothing and exits 1)",
+    )
     p.set_defaults(run=_node_ingest)
+    p = node.add_parser("rejects", help="list the rows ingests rejected, with line and reason")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N rows (newest ingest first)")
+    p.set_defaults(run=_node_rejects)
     p = node.add_parser("serve", help="serve the node over mutual TLS")
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
@@ -147,6 +270,7 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(run=_node_serve)
     _add_officer_request_commands(node)
+    add_freeze_commands(node)
     p = node.add_parser("shared", help="this node's records an overlap query found shared")
     p.add_argument("node_dir", metavar="NODE_DIR")
     p.add_argument("--case", required=True, metavar="REF")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ def _policy_check(args: argparse.Namespace) -> int:
     )
     for diagnostic in report.diagnostics:
         print(diagnostic.format())
+    for node_toml in report.nodes:
+        print(f"checked against {node_toml}", file=sys.stderr)
     print(report.summary(), file=sys.stderr)
     return report.exit_code(strict=args.strict)
 
@@ -36,13 +39,34 @@ def _policy_explain(args: argparse.Namespace) -> int:
             datasets = tuple(d.name for d in load_node_config(path.parent).datasets)
         except FedtraceError:
             datasets = ()
-    sys.stdout.write(explain(policy, args.partner, args.dataset, datasets))
+    partner = _partner(policy.partners(), args.partner)
+    sys.stdout.write(explain(policy, partner, args.dataset, datasets))
     return ExitCode.OK
+
+
+def _partner(known: Sequence[str], asked: str) -> str:
+    """The partner code as the policy spells it (any case); a note when no grant names it."""
+    import difflib
+
+    named = [p for p in known if p != "*"]
+    exact = next((p for p in named if p.upper() == asked.strip().upper()), None)
+    if exact is not None:
+        return exact
+    code = asked.strip().upper()
+    close = difflib.get_close_matches(code, named, n=1, cutoff=0.5)
+    guess = f" (did you mean {close[0]}?)" if close else ""
+    others = ", ".join(named) or "none"
+    wildcard = '; grants to any member ("*") apply to it' if "*" in known else ""
+    print(
+        f"note: no grant names partner {code!r}{guess}; partners named: {others}{wildcard}",
+        file=sys.stderr,
+    )
+    return code
 
 
 def _policy_diff(args: argparse.Namespace) -> int:
     from node.policy import load_policy
-    from node.policy.explain import diff
+    from node.policy.diff import diff
 
     sys.stdout.write(diff(load_policy(Path(args.old)), load_policy(Path(args.new))))
     return ExitCode.OK
@@ -59,13 +83,14 @@ def register(commands: Any) -> None:
         "--node",
         metavar="NODE_DIR",
         help="also check datasets and columns against this node's node.toml "
-        "(default: the node.toml beside FILE, if it names FILE)",
+        "(default: the node.toml beside FILE when it names FILE or is the policy's "
+        "jurisdiction, else the one node directory of that jurisdiction beside FILE)",
     )
     p.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too")
     p.set_defaults(run=_policy_check)
     p = policy.add_parser("explain", help="what a partner may learn, in plain language")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--partner", required=True, metavar="CODE")
+    p.add_argument("--partner", required=True, metavar="CODE", help="partner code (any case)")
     p.add_argument("--dataset", metavar="D")
     p.set_defaults(run=_policy_explain)
     p = policy.add_parser("diff", help="what changes for each partner between two policies")

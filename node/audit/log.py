@@ -162,10 +162,24 @@ class AuditLog:
             return self._appendlocked(trail, event, fields)
 
     def check(self) -> None:
-        """Raise AuditError (one line) when the node could not extend its trail as it is."""
+        """Raise AuditError (one line) when the node could not extend its trail.
+
+        A last line torn by a crash is first set aside, as the next append would do
+        (`_repair_torn_tail`), and the repair is recorded: a torn write is the one
+        damage a node repairs by itself, because it can only have been its own.
+        """
         trail = self.directory / TRAIL_FILE
-        with self._lock, locked(self.directory, exclusive=False):
-            self._extendable(trail)
+        with self._lock, locked(self.directory, exclusive=True):
+            try:
+                repair = _repair_torn_tail(self.directory, trail)
+            except OSError as exc:
+                raise AuditError(
+                    f"{trail}: cannot set aside a torn last line: {exc.strerror}"
+                ) from None
+            if repair is not None:
+                self._appendlocked(trail, "trail-repaired", repair)
+            else:
+                self._extendable(trail)
 
     def _extendable(self, trail: Path) -> dict[str, Any] | None:
         """The last entry, once it is known to match the signed head and this process's writes."""

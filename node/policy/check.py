@@ -38,6 +38,7 @@ from node.policy.source import Diagnostic, KeyPath, SourceMap
 class CheckReport:
     diagnostics: tuple[Diagnostic, ...]
     files: int
+    nodes: tuple[Path, ...] = ()  # the node.toml files the policies were checked against
 
     @property
     def errors(self) -> int:
@@ -61,20 +62,37 @@ class CheckReport:
         )
 
 
-def _node_for(path: Path, node_dir: Path | None) -> NodeConfig | None:
-    """The node whose node.toml names this policy (or `node_dir`'s), if any."""
-    directory = node_dir or path.parent
-    if not (directory / NODE_FILE).exists():
+def _node_for(path: Path, node_dir: Path | None, jurisdiction: str = "") -> NodeConfig | None:
+    """`node_dir`'s node, or the one a policy sits in or next to.
+
+    Found: the node.toml beside the file when it names the file or is the policy's
+    jurisdiction (a draft in the node directory); else the one node directory
+    beside the file (e.g. `EE/` next to `EE.toml`) of the policy's jurisdiction.
+    """
+    if node_dir is not None:
+        return load_node_config(node_dir)
+    beside = _quiet_config(path.parent)
+    if beside is not None and (
+        beside.policy.resolve() == path.resolve() or beside.jurisdiction == jurisdiction
+    ):
+        return beside
+    if not jurisdiction:
         return None
     try:
-        config = load_node_config(directory)
+        candidates = sorted(d for d in path.parent.iterdir() if (d / NODE_FILE).is_file())
+    except OSError:
+        return None
+    found = [c for c in map(_quiet_config, candidates) if c and c.jurisdiction == jurisdiction]
+    return found[0] if len(found) == 1 else None
+
+
+def _quiet_config(directory: Path) -> NodeConfig | None:
+    if not (directory / NODE_FILE).is_file():
+        return None
+    try:
+        return load_node_config(directory)
     except ConfigError:
-        if node_dir is not None:
-            raise
         return None
-    if node_dir is None and config.policy.resolve() != path.resolve():
-        return None
-    return config
 
 
 def against_node(policy: Policy, text: str, config: NodeConfig) -> list[Diagnostic]:
@@ -210,15 +228,17 @@ def check_policies(
 ) -> CheckReport:
     """Check each file; cross-check with its node when one is found or given."""
     found: list[Diagnostic] = []
+    nodes: list[Path] = []
     for path in paths:
         outcome = read_policy(path, now=now)
         found.extend(outcome.diagnostics)
         if outcome.policy is None:
             continue
         found.extend(probing_warnings(outcome.policy, path.read_text(encoding="utf-8")))
-        config = _node_for(path, node_dir)
+        config = _node_for(path, node_dir, outcome.policy.jurisdiction)
         if config is not None:
             text = path.read_text(encoding="utf-8")
             found.extend(against_node(outcome.policy, text, config))
+            nodes.append(config.node_dir / NODE_FILE)
     ordered = sorted(found, key=lambda d: (d.path, d.line, d.column))
-    return CheckReport(tuple(ordered), len(paths))
+    return CheckReport(tuple(ordered), len(paths), tuple(dict.fromkeys(nodes)))

@@ -1,19 +1,17 @@
-"""`fedtrace policy explain` and `fedtrace policy diff`: a policy in plain language.
+"""`fedtrace policy explain`: a policy in plain language.
 
 `explain` says, for one partner, what it may learn from each dataset, under
-which limits and legal bases, until when, and what it may not. `diff` says,
-for every partner and dataset, what changes between two versions of a policy:
-more or less disclosed, limits up or down.
+which limits and legal bases, until when, and what it may not. `node.policy.diff`
+compares two versions of a policy in the same words.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from fedtrace.wire import Level
-from node.policy.model import Grant, Period, Policy, QueryKind, utc_now
+from node.policy.model import Grant, Policy, QueryKind, utc_now
 
 _LEARNS = {
     Level.CARDINALITY: "only how many of its watchlist items {j} holds, never which (the node "
@@ -73,6 +71,8 @@ def _aggregate_lines(grant: Grant) -> list[str]:
             if grant.epsilon_budget
             else ""
         )
+        if grant.epsilon_lifetime is not None:
+            budget += f"; at most {grant.epsilon_lifetime:g} over the grant's lifetime"
         lines.append(f"Noise: on, epsilon {grant.epsilon_per_query:g} per query{budget}.")
     else:
         lines.append("Noise: OFF — aggregates are exact, not protected by differential privacy.")
@@ -93,7 +93,8 @@ def _request_lines(grant: Grant) -> list[str]:
     due = f", answered within {grant.answer_within_days} days" if grant.answer_within_days else ""
     return [
         f"Disclosure requests: {fields}; {approval}{due}.",
-        f"Preservation (freeze) requests: up to {grant.preservation_days_max} days.",
+        f"Preservation requests: up to {grant.preservation_days_max} days.",
+        grant.freeze_terms(),
     ]
 
 
@@ -132,9 +133,17 @@ def _query_bounds(grant: Grant) -> str:
             f"{_number(int(queries))} full-epsilon queries per "
             f"{grant.epsilon_budget.per.describe()}"
         )
+    if grant.noise and grant.epsilon_lifetime is not None:
+        lifetime = grant.epsilon_lifetime / grant.epsilon_per_query
+        bounds.append(f"{_number(int(lifetime))} full-epsilon queries over the grant's lifetime")
     if not bounds:
         return "with no limit on the number of queries (set an item_budget or epsilon_budget)"
     return "up to " + ", and ".join(bounds)
+
+
+def _sensitivity(lo: float, hi: float) -> float:
+    """One record's largest effect on a sum clipped to [lo, hi] (as `fedtrace.dp`)."""
+    return max(hi - lo, abs(lo), abs(hi), 1)
 
 
 def worst_case(grant: Grant, jurisdiction: str) -> str:
@@ -159,7 +168,7 @@ def worst_case(grant: Grant, jurisdiction: str) -> str:
         if grant.noise:
             values = "; ".join(
                 f"{name} in [{_number(lo)}, {_number(hi)}] plus noise of scale "
-                f"{_number(round(max(abs(lo), abs(hi), 1) * share / grant.epsilon_per_query, 2))}"
+                f"{_number(round(_sensitivity(lo, hi) * share / grant.epsilon_per_query, 2))}"
                 for name, lo, hi in grant.clip
             )
             what = f"single records' values up to the clip bounds plus noise per query ({values})"
@@ -301,193 +310,3 @@ def explain(
             "over a limit is refused with the time it renews."
         )
     return "\n".join(lines).rstrip() + "\n"
-
-
-# --- diff ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Access:
-    """What one partner may get from one dataset, summarised for comparison."""
-
-    level: Level | None
-    facts: dict[str, object]
-
-
-def _access(policy: Policy, partner: str, dataset: str) -> Access:
-    grants = [g for g in policy.grants if g.applies(partner, dataset)]
-    if not grants:
-        return Access(None, {})
-    best = max(
-        grants,
-        key=lambda g: (
-            int(g.disclosure) if g.disclosure is not Level.OVERLAP else 0,
-            g.max_items_per_query,
-            -g.index,
-        ),
-    )
-    facts: dict[str, object] = {
-        "max_items_per_query": best.max_items_per_query,
-        "rate_limit": (best.rate_limit.queries, best.rate_limit.per.label)
-        if best.rate_limit
-        else None,
-        "item_budget": (best.item_budget.items, best.item_budget.per.label)
-        if best.item_budget
-        else None,
-        "legal_bases": tuple(sorted(best.legal_bases)),
-        "require_case": best.require_case,
-        "valid_from": best.valid_from,
-        "expires": best.expires,
-        "aggregate_columns": tuple(sorted(best.aggregate_columns)),
-        "noise": best.noise,
-        "min_cohort": best.min_cohort,
-        "epsilon_per_query": best.epsilon_per_query,
-        "epsilon_budget": (best.epsilon_budget.epsilon, best.epsilon_budget.per.label)
-        if best.epsilon_budget
-        else None,
-        "disclosable_fields": tuple(sorted(best.disclosable_fields)),
-        "approval": best.approval,
-        "overlap": any(g.disclosure is Level.OVERLAP for g in grants),
-        "reveal_to_owner": any(g.reveal_to_owner for g in grants if g.disclosure is Level.OVERLAP),
-    }
-    level = best.disclosure if best.disclosure is not Level.OVERLAP else None
-    return Access(level, facts)
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "none"
-    if (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[1], str)
-        and isinstance(value[0], int | float)
-    ):
-        return f"{_number(value[0])} per {value[1]}"
-    if isinstance(value, tuple):
-        return ", ".join(map(str, value)) or "any"
-    if isinstance(value, dt.datetime):
-        return _when(value)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _amount(value: object) -> float | None:
-    if isinstance(value, tuple) and value and isinstance(value[0], int | float):
-        return float(value[0])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _per_seconds(label: object) -> float:
-    period = Period.parse(str(label))
-    return float(period.seconds) if period else 1.0
-
-
-def _direction(key: str, old: object, new: object) -> str:
-    """'looser' (partner may get more), 'tighter', or '' when it cannot be said."""
-    if key in ("rate_limit", "item_budget", "epsilon_budget"):
-        if old is None:
-            return "tighter"
-        if new is None:
-            return "looser"
-        assert isinstance(old, tuple) and isinstance(new, tuple)
-        rate_old = float(old[0]) / _per_seconds(old[1])
-        rate_new = float(new[0]) / _per_seconds(new[1])
-        return "looser" if rate_new > rate_old else "tighter" if rate_new < rate_old else ""
-    if key in ("max_items_per_query", "epsilon_per_query"):
-        a, b = _amount(old), _amount(new)
-        if a is None or b is None:
-            return ""
-        return "looser" if b > a else "tighter"
-    if key == "min_cohort":
-        return "tighter" if float(new) > float(old) else "looser"  # type: ignore[arg-type]
-    if key == "legal_bases":
-        old_set, new_set = set(old), set(new)  # type: ignore[call-overload]
-        if not old_set:
-            return "tighter"
-        if not new_set:
-            return "looser"
-        return "looser" if new_set > old_set else "tighter" if new_set < old_set else ""
-    if key in ("aggregate_columns", "disclosable_fields"):
-        old_set, new_set = set(old), set(new)  # type: ignore[call-overload]
-        return "looser" if new_set > old_set else "tighter" if new_set < old_set else ""
-    if key in ("require_case",):
-        return "tighter" if new else "looser"
-    if key in ("noise",):
-        return "tighter" if new else "looser"
-    if key in ("overlap", "reveal_to_owner"):
-        return "looser" if new else "tighter"
-    if key == "expires":
-        if old is None:
-            return "tighter"
-        if new is None:
-            return "looser"
-        return "looser" if new > old else "tighter"  # type: ignore[operator]
-    if key == "valid_from":
-        if old is None:
-            return "tighter"
-        if new is None:
-            return "looser"
-        return "looser" if new < old else "tighter"  # type: ignore[operator]
-    if key == "approval":
-        return "looser" if new == "automatic" else "tighter"
-    return ""
-
-
-def diff(old: Policy, new: Policy) -> str:
-    """Per partner and dataset, what changes between two versions of a policy."""
-    partners = sorted(set(old.partners()) | set(new.partners()))
-    datasets = sorted(set(old.datasets()) | set(new.datasets()))
-    lines = [f"{old.jurisdiction} policy {old.version} ({old.path}) → {new.version} ({new.path})"]
-    if old.jurisdiction != new.jurisdiction:
-        lines.append(
-            f"WARNING: the files are for different jurisdictions ({old.jurisdiction} → "
-            f"{new.jurisdiction})"
-        )
-    changed = 0
-    for partner in partners:
-        for dataset in datasets:
-            before, after = _access(old, partner, dataset), _access(new, partner, dataset)
-            if before == after:
-                continue
-            changed += 1
-            who = 'any member ("*")' if partner == "*" else partner
-            lines.append("")
-            lines.append(f"{who} · {dataset}: {_level_change(before, after)}")
-            if before.level is None and not before.facts or after.level is None and not after.facts:
-                continue
-            for key in before.facts:
-                a, b = before.facts[key], after.facts.get(key)
-                if a == b:
-                    continue
-                direction = _direction(key, a, b)
-                note = {
-                    "looser": " (looser: more for the partner)",
-                    "tighter": " (tighter: less for the partner)",
-                }.get(direction, "")
-                lines.append(f"  {key}: {_show(a)} → {_show(b)}{note}")
-    if not changed:
-        lines.append("")
-        lines.append("No partner's access changes.")
-    return "\n".join(lines) + "\n"
-
-
-def _level_change(before: Access, after: Access) -> str:
-    def name(access: Access) -> str:
-        if access.level is None:
-            return "overlap query only" if access.facts.get("overlap") else "nothing"
-        return access.level.label
-
-    if not before.facts:
-        return f"nothing → {name(after)} (MORE disclosed: new access)"
-    if not after.facts:
-        return f"{name(before)} → nothing (LESS disclosed: access removed)"
-    a = int(before.level) if before.level else 0
-    b = int(after.level) if after.level else 0
-    if a == b:
-        return f"{name(after)} (level unchanged; limits change)"
-    word = "MORE disclosed" if b > a else "LESS disclosed"
-    return f"{name(before)} → {name(after)} ({word})"

@@ -40,6 +40,7 @@ GRANT_KEYS = (
     "min_cohort",
     "epsilon_per_query",
     "epsilon_budget",
+    "epsilon_lifetime",
     "noise",
     "legal_bases",
     "require_case",
@@ -51,6 +52,8 @@ GRANT_KEYS = (
     "approval",
     "answer_within_days",
     "preservation_days_max",
+    "freeze_days_max",
+    "freeze_approval",
 )
 APPROVALS = ("automatic", "officer")
 NOISE_VALUES = ("on", "off")
@@ -311,6 +314,7 @@ def read_grant(
     grant_kwargs: dict[str, Any] = dict(
         min_cohort=reader.integer("min_cohort", 1, DEFAULT_MIN_COHORT) or DEFAULT_MIN_COHORT,
         epsilon_per_query=reader.number("epsilon_per_query", DEFAULT_EPSILON_PER_QUERY),
+        epsilon_lifetime=_positive_or_none(reader, "epsilon_lifetime"),
         legal_bases=reader.strings("legal_bases", _LEGAL_BASIS, 'a legal-basis code such as "MLA"'),
         require_case=reader.boolean("require_case", True),
         valid_from=reader.moment("valid_from", end=False),
@@ -323,6 +327,8 @@ def read_grant(
         preservation_days_max=reader.integer(
             "preservation_days_max", 1, DEFAULT_PRESERVATION_DAYS_MAX
         ),
+        freeze_days_max=reader.integer("freeze_days_max", 1, None),
+        freeze_approval=reader.choice("freeze_approval", APPROVALS, DEFAULT_APPROVAL),
     )
     if (
         reader.raw("legal_bases") is not None
@@ -432,6 +438,25 @@ def _semantic_checks(
             "them it can never apply",
         )
     if columns and level is not None and level in AGGREGATE_LEVELS and noise:
+        # Windows slide: 10 per 30 days is ~122 a year. A partner that queries every
+        # window must still meet a cap over the grant's whole life.
+        for key, example in (
+            ("epsilon_budget", 'epsilon_budget = { epsilon = 10.0, per = "30d" }'),
+            ("epsilon_lifetime", "epsilon_lifetime = 40.0"),
+        ):
+            if reader.raw(key) is None:
+                problems.error(
+                    here,
+                    f"{reader.label}: an aggregate grant with noise needs {key!r}, or a "
+                    f"partner can spend privacy loss without end (add {example})",
+                )
+        lifetime, per_query = values["epsilon_lifetime"], values["epsilon_per_query"]
+        if lifetime is not None and lifetime < per_query:
+            reader.error(
+                "epsilon_lifetime",
+                f"'epsilon_lifetime' {lifetime:g} is below 'epsilon_per_query' "
+                f"{per_query:g}: no query could ever be answered",
+            )
         written = reader.raw("clip")
         bounded = set(written) if isinstance(written, dict) else set()  # bad bounds: said once
         for column in columns:
@@ -459,10 +484,13 @@ def _semantic_checks(
                 "total_only",
                 "epsilon_per_query",
                 "epsilon_budget",
+                "epsilon_lifetime",
             )
         ]
     elif not columns:
-        irrelevant += [(k, "aggregate") for k in ("total_only", "epsilon_budget")]
+        irrelevant += [
+            (k, "aggregate") for k in ("total_only", "epsilon_budget", "epsilon_lifetime")
+        ]
     if level is not Level.OVERLAP:
         irrelevant.append(("reveal_to_owner", "overlap"))
     if level is not Level.DISCLOSURE_REQUEST:
@@ -473,8 +501,15 @@ def _semantic_checks(
                 "approval",
                 "answer_within_days",
                 "preservation_days_max",
+                "freeze_days_max",
+                "freeze_approval",
             )
         ]
+    elif values["freeze_days_max"] is None and reader.explicit("freeze_approval"):
+        reader.warning(
+            "freeze_approval",
+            "'freeze_approval' has no effect without 'freeze_days_max': freeze orders are refused",
+        )
     for key, needs in irrelevant:
         if reader.explicit(key):
             reader.warning(
@@ -487,3 +522,14 @@ def _semantic_checks(
             "a disclosure-request grant without "
             "'disclosable_fields' can confirm a hit but disclose no attribute",
         )
+
+
+def _positive_or_none(reader: _GrantReader, key: str) -> float | None:
+    """A positive number, or None when the key is absent (an error is reported if invalid)."""
+    if reader.raw(key) is None:
+        return None
+    value = reader.number(key, 0.0)
+    if not value > 0:
+        reader.error(key, f"{key!r} must be a positive number")
+        return None
+    return value

@@ -25,6 +25,7 @@ class QueryKind(enum.StrEnum):
     OVERLAP = "overlap"
     DISCLOSE = "disclose"
     PRESERVE = "preserve"
+    FREEZE = "freeze"
 
 
 # Levels whose grants may also answer aggregates (with aggregate_columns).
@@ -100,6 +101,7 @@ class Grant:
     item_budget: ItemBudget | None = None
     clip: tuple[tuple[str, float, float], ...] = ()
     epsilon_budget: EpsilonBudget | None = None
+    epsilon_lifetime: float | None = None  # total privacy loss over the grant's whole life
     legal_bases: tuple[str, ...] = ()  # empty: any legal basis, including none
     require_case: bool = True
     valid_from: dt.datetime | None = None
@@ -110,6 +112,8 @@ class Grant:
     approval: str = DEFAULT_APPROVAL
     answer_within_days: int | None = None
     preservation_days_max: int = DEFAULT_PRESERVATION_DAYS_MAX
+    freeze_days_max: int | None = None  # None: freeze orders are refused
+    freeze_approval: str = DEFAULT_APPROVAL
 
     def applies(self, partner: str, dataset: str) -> bool:
         return (partner in self.partners or "*" in self.partners) and dataset in self.datasets
@@ -127,7 +131,20 @@ class Grant:
             return self.disclosure in AGGREGATE_LEVELS and bool(self.aggregate_columns)
         if kind is QueryKind.OVERLAP:
             return self.disclosure is Level.OVERLAP
+        if kind is QueryKind.FREEZE:
+            return self.disclosure is Level.DISCLOSURE_REQUEST and self.freeze_days_max is not None
         return self.disclosure is Level.DISCLOSURE_REQUEST
+
+    def freeze_terms(self) -> str:
+        """How this grant treats freeze (restraint) orders, in one sentence."""
+        if self.freeze_days_max is None:
+            return "Freeze (restraint) orders: refused (no 'freeze_days_max')."
+        who = (
+            "in force at once"
+            if self.freeze_approval == "automatic"
+            else "queued for the privacy officer's approval"
+        )
+        return f"Freeze (restraint) orders: up to {self.freeze_days_max} days; {who}."
 
     def clip_bounds(self, column: str) -> tuple[float, float] | None:
         return next(((lo, hi) for name, lo, hi in self.clip if name == column), None)

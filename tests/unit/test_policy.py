@@ -23,7 +23,8 @@ from node.policy import (
     read_policy,
 )
 from node.policy.check import check_policies
-from node.policy.explain import diff, explain
+from node.policy.diff import diff
+from node.policy.explain import explain
 from node.setup import init_node
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
@@ -239,6 +240,7 @@ def test_query_kinds_need_their_grants() -> None:
         'disclosure = "membership"\nmax_items_per_query = 100\n'
         'aggregate_columns = ["tx_count"]\nclip = { tx_count = [0, 100] }\n'
         "epsilon_per_query = 0.5\n"
+        'epsilon_budget = { epsilon = 5.0, per = "30d" }\nepsilon_lifetime = 20.0\n'
     )
     aggregate = decide(
         policy,

@@ -29,6 +29,13 @@ def test_ruff_finds_nothing() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_ruff_format_leaves_everything_as_it_is() -> None:
+    done = subprocess.run(
+        [_tool("ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.slow  # a cold mypy run over every package
 def test_mypy_strict_on_the_packages(tmp_path: Path) -> None:
     done = subprocess.run(
