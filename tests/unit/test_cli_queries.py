@@ -230,7 +230,7 @@ def test_out_prints_a_one_line_summary(
     assert capsys.readouterr().out == f"report written to {out}: 2 nodes, 2 denied; 0 matches\n"
 
 
-def test_overlap_and_aggregate_out_summaries(
+def test_overlap_out_summary(
     cli: CliFederation, recorded: Recorded, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "overlap.txt"
@@ -239,11 +239,40 @@ def test_overlap_and_aggregate_out_summaries(
     assert capsys.readouterr().out == (
         f"report written to {out}: 2 nodes, 2 ok; 1 group of nodes sharing items\n"
     )
+
+
+def test_aggregate_out_summary(
+    cli: CliFederation, recorded: Recorded, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "aggregate.csv"
     watchlist = cli.watchlist(*range(440, 460))
     args = [
         "query", "aggregate", "--federation", str(cli.fed_toml("DE")), "--watchlist",
         str(watchlist), "--dataset", "wallets", "--case", "C-3", "--sum", "tx_count",
-        "--total-only", "--out", str(out),
+        "--format", "csv", "--out", str(out),
     ]  # fmt: skip
     assert main(args) == 0
-    assert capsys.readouterr().out == f"report written to {out}: 2 nodes, 2 ok; total ok\n"
+    assert capsys.readouterr().out == f"report written to {out}: 2 nodes, 2 ok\n"
+    assert out.read_text().startswith("node,status,figure,value,")
+
+
+def test_summaries_of_totals_and_of_overlaps_that_did_not_run() -> None:
+    from coordinator.figures import AggregateOutcome, AggregateResult, FederationTotal
+    from coordinator.overlap import OverlapNodeResult, OverlapOutcome
+    from coordinator.report import WatchlistSummary
+    from coordinator.results import NodeResult
+    from fedtrace.api import AggregateReport, OverlapReport
+    from fedtrace.wire import NodeStatus
+
+    results = [AggregateResult(NodeResult(n, NodeStatus.OK)) for n in ("EE", "LT")]
+    lost = FederationTotal(NodeStatus.ERROR, ["EE", "LT"], "LT dropped out")
+    summary = WatchlistSummary("w", "wallet", 1, 1, 0, 0)
+    aggregate = AggregateReport("C", "w", "", ("x",), summary, AggregateOutcome(results, lost), {})
+    assert aggregate.summary() == "2 nodes, 2 ok; total error"
+    nodes = [
+        OverlapNodeResult("EE", NodeStatus.OK),
+        OverlapNodeResult("LT", NodeStatus.UNAVAILABLE, "down"),
+    ]
+    outcome = OverlapOutcome("o", ("EE", "LT"), False, 1, nodes, None, None)
+    overlap = OverlapReport("C", "w", "", outcome, {})
+    assert overlap.summary() == "2 nodes, 1 ok, 1 unavailable; no overlap"
