@@ -6,7 +6,8 @@
 per service; `GrpcConnections` opens that channel once per node and hands the same
 connection to every query until it is closed, so a client pays one TLS handshake
 per node, not one per query. Unit tests pass in-memory connections that call the
-node's servicers in process.
+node's servicers in process. With `FEDTRACE_OTEL=1` and the `otel` extra installed,
+each channel's RPCs are OpenTelemetry spans (coordinator.tracing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 import grpc
 
 from coordinator.federation import Federation, NodeEntry
+from coordinator.tracing import traced_channel
 from fedtrace.errors import ConfigError
 from fedtrace.pki import ROLE_NODE, read_key_pem, server_name
 from fedtrace.v1 import (
@@ -113,11 +115,12 @@ Connections = Callable[[NodeEntry], NodeConnection]
 
 
 def node_channel(entry: NodeEntry, root: bytes, key: bytes, cert: bytes) -> grpc.Channel:
-    """Mutual TLS to `entry.address` that accepts only the certificate of node `entry.name`."""
+    """Mutual TLS to `entry.address` that accepts only the certificate of node `entry.name`;
+    every RPC on it is an OpenTelemetry span when tracing is on (coordinator.tracing)."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=cert
     )
-    return grpc.secure_channel(
+    channel = grpc.secure_channel(
         entry.address,
         credentials,
         options=[
@@ -126,6 +129,7 @@ def node_channel(entry: NodeEntry, root: bytes, key: bytes, cert: bytes) -> grpc
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+    return traced_channel(channel, entry.name)
 
 
 def read_federation_file(path: Path, what: str) -> bytes:

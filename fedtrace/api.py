@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,9 +34,6 @@ from coordinator.federation import Federation, NodeEntry, load_federation
 from coordinator.figures import AggregateOutcome
 from coordinator.followup import (
     FollowUpAsk,
-    FollowUpResult,
-    report_document,
-    report_table,
     request_status,
     submit_request,
 )
@@ -50,12 +46,20 @@ from coordinator.progress import Progress, silent
 from coordinator.report import WatchlistSummary, plural, status_summary
 from coordinator.report import render as render_match
 from coordinator.report import report_json as match_report_json
+from coordinator.request_reports import (
+    ExportFailed,
+    ExportReport,
+    RequestReport,
+    json_text,
+    plain_json,
+)
 from coordinator.results import NodeResult
 from coordinator.signatures import sign_report
+from coordinator.tracing import Stopwatch, TimedReport
 from coordinator.transport import Connections, GrpcConnections
 from coordinator.watchlist import CheckedWatchlist, watchlist_items
 from fedtrace.aggregate import COUNT_COLUMN
-from fedtrace.errors import ExitCode, FedtraceError
+from fedtrace.errors import FedtraceError
 from fedtrace.revocation import load_revocations
 from fedtrace.wire import Level, NodeStatus
 
@@ -75,24 +79,8 @@ class ApiUsageError(FedtraceError):
     """An argument to a FederationClient method is not usable (nothing was sent)."""
 
 
-class ExportFailed(FedtraceError):
-    """The node did not return the request to export; the message says why."""
-
-    exit_code = ExitCode.PARTIAL
-
-
-def _plain(document: dict[str, Any]) -> dict[str, Any]:
-    """The document as `json.loads` of the CLI's output gives it: str, int, list, dict."""
-    plain: dict[str, Any] = json.loads(json.dumps(document, ensure_ascii=False))
-    return plain
-
-
-def _json_text(document: dict[str, Any]) -> str:
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-
-
 @dataclass(frozen=True)
-class MatchReport:
+class MatchReport(TimedReport):
     """Which watchlist items each node holds, as far as its grant lets it say."""
 
     case: str
@@ -120,7 +108,7 @@ class MatchReport:
         """The report as `--format` gives it: table (`width` columns, default the terminal's),
         json (signed) or csv."""
         if fmt == "json":
-            return _json_text(self.document)
+            return json_text(self.document)
         return render_match(
             fmt,
             self.case,
@@ -134,7 +122,7 @@ class MatchReport:
 
 
 @dataclass(frozen=True)
-class AggregateReport:
+class AggregateReport(TimedReport):
     """Noisy sums over the matched records of each node, or one federation total."""
 
     case: str
@@ -164,7 +152,7 @@ class AggregateReport:
     def render(self, fmt: str, width: int | None = None) -> str:
         """As `MatchReport.render`."""
         if fmt == "json":
-            return _json_text(self.document)
+            return json_text(self.document)
         return render_aggregate(
             fmt,
             self.case,
@@ -178,7 +166,7 @@ class AggregateReport:
 
 
 @dataclass(frozen=True)
-class OverlapReport:
+class OverlapReport(TimedReport):
     """Which groups of nodes share items, counted without a watchlist."""
 
     case: str
@@ -208,54 +196,8 @@ class OverlapReport:
     def render(self, fmt: str, width: int | None = None) -> str:
         """As `MatchReport.render`."""
         if fmt == "json":
-            return _json_text(self.document)
+            return json_text(self.document)
         return render_overlap(fmt, self.case, self.dataset, self.outcome, self.legal_basis, width)
-
-
-@dataclass(frozen=True)
-class RequestReport:
-    """Follow-up requests as the nodes signed them: one just submitted, or those of a case."""
-
-    case: str
-    query: str  # disclose | preserve | freeze | request-status
-    dataset: str
-    results: tuple[FollowUpResult, ...]
-
-    @property
-    def complete(self) -> bool:
-        return all(r.status == NodeStatus.OK for r in self.results)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(report_document(self.case, self.query, self.dataset, self.results))
-
-    def render(self, fmt: str) -> str:
-        """`table` or `json`, as `fedtrace request … --format` prints it."""
-        if fmt == "json":
-            return _json_text(self.to_dict())
-        title = "request status" if self.query == "request-status" else self.query
-        return report_table(self.case, title, self.results)
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """An exported case record: the signed evidence document and the files written."""
-
-    case: str
-    node: str
-    request_id: str
-    json_path: Path
-    html_path: Path
-    document: dict[str, Any] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "case": self.case,
-            "node": self.node,
-            "request_id": self.request_id,
-            "json": str(self.json_path),
-            "html": str(self.html_path),
-            "record": copy.deepcopy(self.document),
-        }
 
 
 class FederationClient:
@@ -318,7 +260,7 @@ class FederationClient:
         return self.federation.select(tuple(nodes) if nodes else None)
 
     def _signed(self, document: dict[str, Any]) -> dict[str, Any]:
-        return sign_report(_plain(document), self._key_pem, self._cert_pem)
+        return sign_report(plain_json(document), self._key_pem, self._cert_pem)
 
     def _checked(self, case: str, legal_basis: str) -> tuple[str, str]:
         """The case reference and the normalised legal basis, or QueryUsageError."""
@@ -360,6 +302,7 @@ class FederationClient:
         cardinality: bool = False,
     ) -> MatchReport:
         """Which of `items` each node holds (or how many, with `cardinality`)."""
+        clock = Stopwatch()
         case, legal_basis = self._checked(case, legal_basis)
         entries = self._nodes(nodes)
         kind = kind or ("person" if dataset == "subjects" else "wallet")
@@ -374,6 +317,7 @@ class FederationClient:
             investigator=self.investigator,
             disclosure=Level.CARDINALITY if cardinality else Level.MEMBERSHIP,
         )
+        clock.prepared()
         results = run_match(
             self.federation,
             query,
@@ -395,6 +339,7 @@ class FederationClient:
             watchlist.summary,
             tuple(results),
             self._signed(document),
+            elapsed=clock.stop((r.node, r.seconds) for r in results),
         )
 
     def aggregate(
@@ -410,6 +355,7 @@ class FederationClient:
         nodes: Sequence[str] | None = None,
     ) -> AggregateReport:
         """How much the watchlisted wallets moved at each node (or in total), never which."""
+        clock = Stopwatch()
         columns = tuple(sums)
         if isinstance(sums, str) or not columns:
             raise ApiUsageError("sums must list at least one column to sum")
@@ -433,6 +379,7 @@ class FederationClient:
             total_only=total_only,
             epsilon=epsilon,
         )
+        clock.prepared()
         outcome = run_aggregate(
             self.federation,
             query,
@@ -454,6 +401,7 @@ class FederationClient:
             watchlist.summary,
             outcome,
             self._signed(document),
+            elapsed=clock.stop((r.result.node, r.result.seconds) for r in outcome.results),
         )
 
     def overlap(
@@ -465,12 +413,14 @@ class FederationClient:
         nodes: Sequence[str] | None = None,
     ) -> OverlapReport:
         """Which groups of nodes share items of `dataset`; no watchlist is sent."""
+        clock = Stopwatch()
         case, legal_basis = self._checked(case, legal_basis)
         entries = self._nodes(nodes)
         self._require_dataset(dataset, entries)
         query = OverlapQuery(
             dataset=dataset, case_ref=case, legal_basis=legal_basis, investigator=self.investigator
         )
+        clock.prepared()
         outcome = run_overlap(
             self.federation,
             query,
@@ -481,17 +431,22 @@ class FederationClient:
             revoked=self._trust.revoked,
         )
         document = overlap_report_json(case, dataset, outcome, legal_basis)
-        return OverlapReport(case, dataset, legal_basis, outcome, self._signed(document))
+        elapsed = clock.stop((r.node, r.seconds) for r in outcome.results)
+        return OverlapReport(
+            case, dataset, legal_basis, outcome, self._signed(document), elapsed=elapsed
+        )
 
     # --- follow-up requests ---------------------------------------------------------------
 
-    def _submit(self, node: str, ask: FollowUpAsk) -> RequestReport:
+    def _submit(self, node: str, ask: FollowUpAsk, clock: Stopwatch) -> RequestReport:
         [entry] = self._nodes((node,))
         self._require_dataset(ask.dataset, (entry,))
+        clock.prepared()
         result = submit_request(
             self.federation, entry, ask, self._connections, self._trust, self.progress
         )
-        return RequestReport(ask.case_ref, ask.kind, ask.dataset, (result,))
+        clock.answered(entry.name)
+        return RequestReport(ask.case_ref, ask.kind, ask.dataset, (result,), elapsed=clock.stop())
 
     def request_disclose(
         self,
@@ -506,10 +461,11 @@ class FederationClient:
         kind: str | None = None,
     ) -> RequestReport:
         """Ask `node` for the fields it holds on one item (default: all its policy allows)."""
+        clock = Stopwatch()
         case, legal_basis = self._checked(case, legal_basis)
         fields_asked = tuple(fields or ())
         ask = FollowUpAsk("disclose", dataset, item, case, legal_basis, reason or "", fields_asked)
-        return self._submit(node, replace(ask, identifier_kind=kind))
+        return self._submit(node, replace(ask, identifier_kind=kind), clock)
 
     def request_preserve(
         self,
@@ -524,11 +480,13 @@ class FederationClient:
         kind: str | None = None,
     ) -> RequestReport:
         """Ask `node` to preserve its record of one item (default: the longest it allows)."""
+        clock = Stopwatch()
         if days is not None and days < 1:
             raise ApiUsageError(f"days={days}: a preservation period is at least 1 day")
         case, legal_basis = self._checked(case, legal_basis)
         ask = FollowUpAsk("preserve", dataset, item, case, legal_basis, reason or "")
-        return self._submit(node, replace(ask, preservation_days=days or 0, identifier_kind=kind))
+        preserve = replace(ask, preservation_days=days or 0, identifier_kind=kind)
+        return self._submit(node, preserve, clock)
 
     def request_freeze(
         self,
@@ -544,22 +502,29 @@ class FederationClient:
         kind: str | None = None,
     ) -> RequestReport:
         """Ask `node` to freeze (restrain) `amount_eur` behind one item for `days` days."""
+        clock = Stopwatch()
         if days < 1 or amount_eur < 1:
             raise ApiUsageError("a freeze order needs days >= 1 and amount_eur >= 1")
         case, legal_basis = self._checked(case, legal_basis)
         ask = FollowUpAsk("freeze", dataset, item, case, legal_basis, reason or "")
         return self._submit(
-            node, replace(ask, preservation_days=days, amount_eur=amount_eur, identifier_kind=kind)
+            node,
+            replace(ask, preservation_days=days, amount_eur=amount_eur, identifier_kind=kind),
+            clock,
         )
 
     def request_status(self, *, case: str, node: str | None = None) -> RequestReport:
         """The state of our requests under `case`, at one node or every node."""
+        clock = Stopwatch()
         case = check_case(case)
         entries = self._nodes((node,) if node else None)
+        clock.prepared()
         results = request_status(
             self.federation, entries, case, self._connections, self._trust, progress=self.progress
         )
-        return RequestReport(case, "request-status", "", tuple(results))
+        if len(entries) == 1:  # follow-up results carry no seconds of their own
+            clock.answered(entries[0].name)
+        return RequestReport(case, "request-status", "", tuple(results), elapsed=clock.stop())
 
     def request_export(
         self,
@@ -570,9 +535,11 @@ class FederationClient:
         out: str | Path,  # noqa: A002 - the CLI's --id
     ) -> ExportReport:
         """Write the signed case record of one request to `out` as JSON and HTML."""
+        clock = Stopwatch()
         case = check_case(case)
         entries = self._nodes((node,))
         request_id = id.strip().upper()
+        clock.prepared()
         [result] = request_status(
             self.federation,
             entries,
@@ -582,13 +549,15 @@ class FederationClient:
             request_id,
             self.progress,
         )
+        clock.answered(result.node)
         if result.status != NodeStatus.OK or not result.requests:
             raise ExportFailed(f"{result.node}: {result.status}: {result.reason}")
         document = case_record(result.requests[0], self.federation.investigator, _now())
         document = sign_report(document, self._key_pem, self._cert_pem)
         stem = f"{case}-{result.node}-{request_id}".replace("/", "_")
         json_path, html_path = write_case_record(document, Path(out), stem)
-        return ExportReport(case, result.node, request_id, json_path, html_path, document)
+        paths = (json_path, html_path)
+        return ExportReport(case, result.node, request_id, *paths, document, elapsed=clock.stop())
 
 
 def _now() -> dt.datetime:
