@@ -100,8 +100,8 @@ class AggregateOutcome:
 
 def non_negative(noise: aggregate_pb2.FigureNoise) -> bool:
     """Whether a figure cannot be negative: the count, or a column the node says is clipped
-    at lo >= 0 (a `non_negative` flag on FigureNoise; absent, a column is not assumed so)."""
-    return noise.figure == COUNT_COLUMN or bool(getattr(noise, "non_negative", False))
+    at lo >= 0 (FigureNoise.non_negative; unset, a column is not assumed so)."""
+    return noise.figure == COUNT_COLUMN or noise.non_negative
 
 
 def node_figures(

@@ -228,6 +228,11 @@ class FigurePlan:
     bounds: tuple[int, int] | None  # None: not clipped (noise off and no bounds written)
     noise: dp.NoiseSpec
 
+    @property
+    def non_negative(self) -> bool:
+        """The true figure cannot be negative: the count, or a column clipped at lo >= 0."""
+        return self.figure == COUNT_COLUMN or (self.bounds is not None and self.bounds[0] >= 0)
+
 
 def _minor_units(value: float, decimals: int, rounding: str) -> int:
     return int(Decimal(str(value)).scaleb(decimals).to_integral_value(rounding=rounding))

@@ -265,6 +265,7 @@ class AggregateRounds:
                     scale=p.noise.scale,
                     half_width_95=p.noise.half_width_95,
                     decimals=p.decimals,
+                    non_negative=p.non_negative,
                 )
                 for p in plans
             ],

@@ -34,13 +34,21 @@ from fedtrace.identifiers import InvalidIdentifier, person_keys
 from fedtrace.items import item_bytes
 from node.config import DatasetConfig
 from node.store import NodeDatabase, data_version, first_row
-from node.table_order import ordered_table
+from node.table_order import table_order
 
 log = logging.getLogger(__name__)
 
 FILTER_REMAINDER_BITS = 30  # false-positive rate 2^-30 ≈ 9.3e-10 per tested item
 KEYS_DIR = "keys"
 KEY_SUFFIX = ".key"
+# A new epoch blinds its items in chunks so start-up can show items done / total. Each chunk
+# is large enough that `group.blind_items` still spreads it over every worker, and there are
+# at most BLIND_STEPS of them, so the progress costs the build nothing measurable.
+BLIND_CHUNK = 4 * group.PARALLEL_THRESHOLD
+BLIND_STEPS = 50
+
+# Blinding progress of a new epoch: (dataset, items blinded so far, items in all).
+BlindingProgress = Callable[[str, int, int], None]
 
 
 def keys_dir(database: NodeDatabase) -> Path:
@@ -198,6 +206,20 @@ def _wallet_items(relation: duckdb.DuckDBPyRelation, key_column: str) -> list[by
     return [prefix + str(key).encode("utf-8") for key in keys]
 
 
+def _ordered_table(
+    dataset: str, items: list[bytes], key: bytes, blinded: BlindingProgress | None
+) -> list[bytes]:
+    """The epoch table {H(y)^key} in its key-derived secret order (`node.table_order`),
+    blinded chunk by chunk, each chunk reported to ``blinded``."""
+    step = max(BLIND_CHUNK, -(-len(items) // BLIND_STEPS))
+    points: list[bytes] = []
+    for start in range(0, len(items), step):
+        points.extend(group.blind_items(items[start : start + step], key))
+        if blinded:
+            blinded(dataset, len(points), len(items))
+    return [points[index] for index in table_order(len(points), key)]
+
+
 def current_epoch(
     database: NodeDatabase,
     dataset: DatasetConfig,
@@ -205,8 +227,13 @@ def current_epoch(
     *,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
+    blinded: BlindingProgress | None = None,
 ) -> Epoch:
-    """The dataset's epoch in force now, reusing the persisted one while it is current."""
+    """The dataset's epoch in force now, reusing the persisted one while it is current.
+
+    ``progress`` hears what is being done; ``blinded`` hears, chunk by chunk, how many
+    of a new epoch's items are blinded.
+    """
     now = now or datetime.now(UTC)
     definition = definition_sha256(dataset)
     directory = keys_dir(database)
@@ -222,7 +249,7 @@ def current_epoch(
         progress(f"dataset {dataset.name}: blinding {len(items):,} items for a new epoch")
     key = group.random_scalar()
     # In a key-derived secret order, so aggregates can map rows back to items (node.table_order).
-    table = ordered_table(items, key)
+    table = _ordered_table(dataset.name, items, key, blinded)
     filter_ = gcs.build_filter(table, remainder_bits=FILTER_REMAINDER_BITS)
     epoch = Epoch(
         dataset=dataset.name,

@@ -31,7 +31,7 @@ from node.audit import AUDIT_DIR, AuditLog
 from node.audit.anchor import anchor_genesis, close_trail, open_trail
 from node.auth import IdentityInterceptor
 from node.config import NodeConfig, load_node_config, parse_listen
-from node.epoch import DatasetError, current_epoch, epoch_is_current
+from node.epoch import BlindingProgress, DatasetError, current_epoch, epoch_is_current
 from node.gate import Gate
 from node.metrics import NodeMetrics, start_metrics_server, stop_metrics_server
 from node.policy import load_policy, utc_now
@@ -140,36 +140,74 @@ def _in_use(listen: str, why: str) -> str:
     )
 
 
+def log_blinded(dataset: str, done: int, total: int) -> None:
+    """Blinding progress as a plain log line, for each chunk before the last."""
+    if done < total:
+        log.info("dataset %s: blinded %s of %s items", dataset, f"{done:,}", f"{total:,}")
+
+
+@dataclass(frozen=True)
+class StartupProgress:
+    """Call it with what start-up is doing; `blinded` hears a new epoch's items blinded."""
+
+    say: Callable[[str], None]
+    blinded: BlindingProgress
+
+    def __call__(self, message: str) -> None:
+        self.say(message)
+
+
 @contextmanager
-def epoch_progress() -> Iterator[Callable[[str], None]]:
-    """Start-up progress: a live line on a terminal, plain log lines otherwise."""
+def epoch_progress() -> Iterator[StartupProgress]:
+    """Start-up progress: what is being done and a bar of the items blinded so far for a
+    new epoch, live on a terminal; plain log lines otherwise."""
     if not sys.stderr.isatty():
-        yield lambda message: log.info("%s", message)
+        yield StartupProgress(lambda message: log.info("%s", message), log_blinded)
         return
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TextColumn("{task.fields[items]}", markup=False),
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=False,
     ) as bar:
-        tasks: list[TaskID] = []
+        tasks: dict[TaskID, int] = {}  # each task and its total (1: a step, not items)
+
+        def finish() -> None:
+            for task, total in tasks.items():
+                bar.update(task, completed=total, total=total)
 
         def show(message: str) -> None:
-            for task in tasks:
-                bar.update(task, completed=1, total=1)
-            tasks.append(bar.add_task(message, total=None))
+            finish()
+            tasks[bar.add_task(message, total=None, items="")] = 1
 
-        yield show
-        for task in tasks:
-            bar.update(task, completed=1, total=1)
+        def blinded(dataset: str, done: int, total: int) -> None:
+            if tasks:
+                task = list(tasks)[-1]
+                tasks[task] = total
+                bar.update(task, completed=done, total=total, items=f"{done:,}/{total:,}")
+
+        yield StartupProgress(show, blinded)
+        finish()
 
 
 def load_state(
-    config: NodeConfig, database: store.NodeDatabase, progress: Callable[[str], None]
+    config: NodeConfig,
+    database: store.NodeDatabase,
+    progress: Callable[[str], None],
+    blinded: BlindingProgress | None = None,
 ) -> NodeState:
     """Policy, TLS material and one current epoch per dataset (built when none is reusable)."""
     policy = load_policy(config.policy)
@@ -189,7 +227,7 @@ def load_state(
     for dataset in config.datasets:
         try:
             epochs[dataset.name] = current_epoch(
-                database, dataset, config.epoch_hours, progress=progress
+                database, dataset, config.epoch_hours, progress=progress, blinded=blinded
             )
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
@@ -288,6 +326,7 @@ def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float
                         dataset,
                         state.config.epoch_hours,
                         progress=lambda message: log.info("%s", message),
+                        blinded=log_blinded,
                     )
             except Exception:  # noqa: BLE001 - keep serving the current epoch; say why
                 log.exception("dataset %s: could not start a new epoch", dataset.name)
@@ -314,7 +353,7 @@ def serve(
     check_port_free(listen or config.listen)
     database = store.NodeDatabase(config.database)
     with epoch_progress() as progress:
-        state = load_state(config, database, progress)
+        state = load_state(config, database, progress, progress.blinded)
     running = build_server(state, listen or config.listen)
     metrics_server = None
     if metrics_listen:

@@ -116,12 +116,12 @@ def register(commands: Any) -> None:
         dest="audit_command", required=True, metavar="ACTION"
     )
     p = audit.add_parser("verify", help="check the hash chain, signatures and signed head")
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.set_defaults(run=_audit_verify)
     p = audit.add_parser("show", help="list audit entries")
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument("--partner", metavar="CODE", help="only this partner (any case)")
-    p.add_argument("--case", metavar="REF")
+    p.add_argument("--case", metavar="REF", help="only this case reference")
     p.add_argument("--since", metavar="DATE", help="ISO date or date-time (UTC unless given)")
     p.add_argument(
         "--until", metavar="DATE", help="up to this date (the whole day) or date-time, UTC"
@@ -132,5 +132,7 @@ def register(commands: Any) -> None:
         action="store_true",
         help="then print new entries as they are appended, until Ctrl-C (JSON: one per line)",
     )
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="default: table"
+    )
     p.set_defaults(run=_audit_show)

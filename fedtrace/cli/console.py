@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "console", help="the privacy officer's web console (requests, audit, policy, budgets)"
     )
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument(
         "--listen",
         default="127.0.0.1:8080",

@@ -26,7 +26,7 @@ def _node_release(args: argparse.Namespace) -> int:
 def add_freeze_commands(node_actions: Any) -> None:
     """Add `release` to the `fedtrace node` command group."""
     p = node_actions.add_parser("release", help="lift a freeze (restraint) order in force")
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument("id", metavar="ID", help="the request id (RQ-…)")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why the freeze is lifted")
     p.set_defaults(run=_node_release)

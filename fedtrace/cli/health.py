@@ -97,7 +97,7 @@ def add_node_health(node_actions: Any) -> None:
     p.add_argument(
         "--address", metavar="HOST:PORT", help="with NODE_DIR: dial this instead of node.toml's"
     )
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
     p.add_argument(
         "--timeout",
         type=float,

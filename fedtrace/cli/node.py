@@ -180,20 +180,27 @@ def _node_refuse(args: argparse.Namespace) -> int:
 def _add_officer_request_commands(node: Any) -> None:
     """`fedtrace node requests|approve|refuse NODE_DIR …`."""
     p = node.add_parser("requests", help="list follow-up requests (expired ones are flagged)")
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument("--pending", action="store_true", help="only requests awaiting a decision")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
     p.set_defaults(run=_node_requests)
     p = node.add_parser("approve", help="approve a pending follow-up request")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("id", metavar="ID", help="the request id (RQ-…)")
     p.add_argument("--fields", metavar="a,b", help="disclose only these (default: all asked)")
-    p.add_argument("--reason", metavar="TEXT")
+    p.add_argument(
+        "--reason", metavar="TEXT", help="why it is approved (recorded with the decision)"
+    )
     p.set_defaults(run=_node_approve)
     p = node.add_parser("refuse", help="refuse a pending follow-up request")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--reason", required=True, metavar="TEXT")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("id", metavar="ID", help="the request id (RQ-…)")
+    p.add_argument(
+        "--reason",
+        required=True,
+        metavar="TEXT",
+        help="why it is refused (recorded with the decision)",
+    )
     p.set_defaults(run=_node_refuse)
 
 
@@ -213,7 +220,12 @@ def register(commands: Any) -> None:
         "ca.pem: installed into tls/), or the federation CA's own directory (with ca.key: "
         "a certificate is issued here)",
     )
-    p.add_argument("--listen", default="127.0.0.1:7001", metavar="HOST:PORT")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:7001",
+        metavar="HOST:PORT",
+        help="where the node will listen (default 127.0.0.1:7001)",
+    )
     p.set_defaults(run=_node_init)
     p = node.add_parser(
         "ingest",
@@ -255,7 +267,7 @@ def register(commands: Any) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="at most N rows (newest ingest first)")
     p.set_defaults(run=_node_rejects)
     p = node.add_parser("serve", help="serve the node over mutual TLS")
-    p.add_argument("node_dir", metavar="NODE_DIR")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
     p.add_argument(
         "--metrics",
@@ -272,8 +284,10 @@ def register(commands: Any) -> None:
     _add_officer_request_commands(node)
     add_freeze_commands(node)
     p = node.add_parser("shared", help="this node's records an overlap query found shared")
-    p.add_argument("node_dir", metavar="NODE_DIR")
-    p.add_argument("--case", required=True, metavar="REF")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("--case", required=True, metavar="REF", help="the case reference")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="default: table"
+    )
     p.set_defaults(run=_node_shared)
     add_node_health(node)

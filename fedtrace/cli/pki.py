@@ -49,20 +49,25 @@ def register(commands: Any) -> None:
         dest="pki_command", required=True, metavar="ACTION"
     )
     p = pki.add_parser("init", help="create the federation CA")
-    p.add_argument("ca_dir", metavar="CA_DIR")
+    p.add_argument("ca_dir", metavar="CA_DIR", help="the CA directory to create")
     p.set_defaults(run=_pki_init)
     p = pki.add_parser("issue", help="issue a node or investigator certificate")
-    p.add_argument("ca_dir", metavar="CA_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("ca_dir", metavar="CA_DIR", help="the federation CA directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where to write the key and certificate")
     p.add_argument("--name", required=True, help="jurisdiction code, e.g. EE")
-    p.add_argument("--role", required=True, choices=("node", "investigator"))
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=("node", "investigator"),
+        help="a node serves data; an investigator queries",
+    )
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.set_defaults(run=_pki_issue)
     p = pki.add_parser(
         "revoke",
         help="revoke a member certificate (writes CA_DIR/revoked.toml and its CA signature)",
     )
-    p.add_argument("ca_dir", metavar="CA_DIR")
+    p.add_argument("ca_dir", metavar="CA_DIR", help="the federation CA directory")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--serial", metavar="HEX", help="the certificate's serial number")
     which.add_argument("--cert", metavar="PEM", help="the certificate file itself")

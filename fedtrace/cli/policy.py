@@ -78,7 +78,7 @@ def register(commands: Any) -> None:
         "policy", help="check and explain disclosure policies"
     ).add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     p = policy.add_parser("check", help="report every problem as file:line:column")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the policy files to check")
     p.add_argument(
         "--node",
         metavar="NODE_DIR",
@@ -89,11 +89,11 @@ def register(commands: Any) -> None:
     p.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too")
     p.set_defaults(run=_policy_check)
     p = policy.add_parser("explain", help="what a partner may learn, in plain language")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the policy file")
     p.add_argument("--partner", required=True, metavar="CODE", help="partner code (any case)")
-    p.add_argument("--dataset", metavar="D")
+    p.add_argument("--dataset", metavar="D", help="only this dataset (default: all)")
     p.set_defaults(run=_policy_explain)
     p = policy.add_parser("diff", help="what changes for each partner between two policies")
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
+    p.add_argument("old", metavar="OLD", help="the policy file in force")
+    p.add_argument("new", metavar="NEW", help="the proposed policy file")
     p.set_defaults(run=_policy_diff)

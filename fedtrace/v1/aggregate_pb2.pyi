@@ -202,6 +202,7 @@ class FigureNoise(_message.Message):
     SCALE_FIELD_NUMBER: _builtins.int
     HALF_WIDTH_95_FIELD_NUMBER: _builtins.int
     DECIMALS_FIELD_NUMBER: _builtins.int
+    NON_NEGATIVE_FIELD_NUMBER: _builtins.int
     figure: _builtins.str
     """"match_count" or a column name"""
     scale: _builtins.float
@@ -210,6 +211,8 @@ class FigureNoise(_message.Message):
     """P(|noise| > half_width_95) <= 0.05, same unit"""
     decimals: _builtins.int
     """the figure is sent × 10^decimals (2 for money: cents)"""
+    non_negative: _builtins.bool
+    """the match count, or a column clipped at a lower bound >= 0"""
     def __init__(
         self,
         *,
@@ -217,10 +220,11 @@ class FigureNoise(_message.Message):
         scale: _builtins.float = ...,
         half_width_95: _builtins.int = ...,
         decimals: _builtins.int = ...,
+        non_negative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decimals", b"decimals", "figure", b"figure", "half_width_95", b"half_width_95", "scale", b"scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decimals", b"decimals", "figure", b"figure", "half_width_95", b"half_width_95", "non_negative", b"non_negative", "scale", b"scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""`fedtrace --version`, and a help text on every option of the investigator's commands."""
+"""`fedtrace --version`, and a help text on every option and argument of every command."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from fedtrace import __version__
 from fedtrace.cli import build_parser, main
 from fedtrace.cli.args import without_help
 
-# The command groups an investigator uses; every option and argument in them has help.
-INVESTIGATOR_GROUPS = ("query", "request", "report", "id")
+# Every command group; every option and argument in each of them has help.
+GROUPS = ("pki", "node", "policy", "audit", "console", "query", "request", "report", "id", "demo")
 
 
 def _group(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -27,10 +27,31 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"fedtrace {__version__}\n"
 
 
-@pytest.mark.parametrize("name", INVESTIGATOR_GROUPS)
+@pytest.mark.parametrize("name", GROUPS)
 def test_every_option_has_help(name: str) -> None:
     parser = build_parser()
     assert list(without_help(_group(parser, name), f"fedtrace {name}")) == []
+
+
+def test_the_whole_tree_has_help() -> None:
+    assert list(without_help(build_parser())) == []
+
+
+def test_every_group_is_walked() -> None:
+    root = build_parser()
+    [commands] = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(GROUPS)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["init", "serve", "requests", "approve", "refuse", "release", "shared", "health", "rejects"],
+)
+def test_every_node_command_is_walked(command: str) -> None:
+    node = _group(build_parser(), "node")
+    [actions] = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
+    assert command in actions.choices
+    assert list(without_help(actions.choices[command], f"fedtrace node {command}")) == []
 
 
 def test_the_root_options_have_help() -> None:
