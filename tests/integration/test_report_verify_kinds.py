@@ -235,8 +235,14 @@ def test_tampered_aggregate_report_fails(saved: Saved, case: str, expected: str)
         result = _ok_result(document)
         signature = result["signature"]
         if case == "figure":  # value and interval moved together: only the report signature
-            result["aggregates"]["tx_count"] += 1
-            result["interval_95"]["tx_count"] = [v + 1 for v in result["interval_95"]["tx_count"]]
+            value = result["aggregates"]["tx_count"]
+            half_width = result["interval_95"]["tx_count"][1] - value
+            # as the coordinator shows a non-negative column: the interval is cut at zero
+            result["aggregates"]["tx_count"] = value + 1
+            result["interval_95"]["tx_count"] = [
+                max(0, value + 1 - half_width),
+                value + 1 + half_width,
+            ]
         elif case == "figure-alone":
             result["aggregates"]["tx_count"] += 1
         elif case == "transcript":
