@@ -15,10 +15,14 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import pytest
 
 from fedtrace.v1 import aggregate_pb2, node_pb2
 from node.audit import AUDIT_DIR, entries
 from tests.adversarial.conftest import Target, context, match_stream, points, run_match
+
+# Deadlines and concurrent streams that take seconds to play out: the slow tier.
+pytestmark = pytest.mark.slow
 
 AGGREGATE_POLICY = """jurisdiction = "EE"
 version = "agg-1"

@@ -11,6 +11,9 @@ from fedtrace.aggregate import COUNT_COLUMN
 from fedtrace.wire import NodeStatus
 from tests.unit.test_match_in_memory import InMemoryFederation, eth, full_policy
 
+# Homomorphic encryption end to end: the slow tier.
+pytestmark = pytest.mark.slow
+
 # The sensitivity of tx_count under the grant's clip [0, 100000]: it tells its noise apart.
 TX_COUNT_SENSITIVITY = 100_000
 

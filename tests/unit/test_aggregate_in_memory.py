@@ -15,6 +15,9 @@ from tests.unit.test_match_in_memory import (
     two_nodes,
 )
 
+# Seconds of homomorphic encryption per test: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> InMemoryFederation:

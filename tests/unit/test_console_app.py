@@ -34,6 +34,9 @@ from node.console.auth import COOKIE_NAME, SessionStore
 from node.console.launch import plan_listen
 from node.store import NodeDatabase
 
+# A node directory, a DuckDB file and many HTTP round trips per test: the slow tier.
+pytestmark = pytest.mark.slow
+
 A = "0x52908400098527886e0f7030069857d2e4169ee7"
 B = "0xde709f2102306220921060314715629080e2fb77"
 HOSTILE_CASE = "<script>alert(1)</script>[/]"

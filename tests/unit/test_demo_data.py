@@ -11,6 +11,9 @@ import pytest
 from fedtrace.demo_data import DemoData, generate_federation_data
 from fedtrace.identifiers import canonical_address, canonicalize, person_keys
 
+# Generates and canonicalises thousands of addresses: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoData:

@@ -204,6 +204,7 @@ json_values = st.recursive(
 
 @given(st.dictionaries(st.sampled_from(list(Transcript.__dataclass_fields__) + ["x"]), json_values))
 @settings(max_examples=200, deadline=None)
+@pytest.mark.slow  # many Hypothesis examples
 def test_transcripts_from_json_build_or_raise_type_error(document: dict[str, object]) -> None:
     try:
         transcript = Transcript.from_json(document)

@@ -74,6 +74,7 @@ def universe_items(indices: list[int]) -> list[bytes]:
 @example(query=[1, 2, 3], node=[])
 @example(query=[], node=[])
 @example(query=[7, 7, 8], node=[7, 7, 7])
+@pytest.mark.slow  # Hypothesis over thousands of items, against openmined-psi too
 def test_membership_matches_sets_and_openmined(query: list[int], node: list[int]) -> None:
     query_items, node_items = universe_items(query), universe_items(node)
     found = exchange(query_items, node_items)
