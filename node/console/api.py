@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -119,8 +120,19 @@ def _csrf_refused(request: Request) -> JSONResponse | None:
     return _error(403, f"missing or wrong {CSRF_HEADER} header (GET /api/session gives it)")
 
 
-@_guarded
-async def approve(request: Request) -> JSONResponse:
+@dataclass(frozen=True)
+class _Decision:
+    """A decision call that passed its checks: the node, the request id, the JSON body."""
+
+    node: data.ConsoleNode
+    request_id: str
+    body: dict[str, Any]
+    session_id: str
+
+
+async def _decision(request: Request, *, reason_only: str = "") -> _Decision | JSONResponse:
+    """The checks every decision shares: CSRF (403), a known request (404), a JSON body
+    (400); with `reason_only`, a body that names fields is refused with that word."""
     refused = _csrf_refused(request)
     if refused is not None:
         return refused
@@ -129,49 +141,53 @@ async def approve(request: Request) -> JSONResponse:
     if await run_in_threadpool(data.find_request, node, request_id) is None:
         return _error(404, f"no follow-up request {request_id!r} at node {node.jurisdiction}")
     body = await _body(request)
+    if reason_only and "fields" in body:
+        raise decisions.DecisionInvalid(f"a {reason_only} takes a reason only")
+    return _Decision(node, request_id, body, officer_session(request).audit_id)
+
+
+@_guarded
+async def approve(request: Request) -> JSONResponse:
+    checked = await _decision(request)
+    if isinstance(checked, JSONResponse):
+        return checked
     decided = await run_in_threadpool(
         decisions.approve,
-        node,
-        request_id,
-        _fields(body),
-        _reason(body),
-        officer_session(request).audit_id,
+        checked.node,
+        checked.request_id,
+        _fields(checked.body),
+        _reason(checked.body),
+        checked.session_id,
     )
     return JSONResponse(decided.request.as_json(utc_now()))
 
 
 @_guarded
 async def refuse(request: Request) -> JSONResponse:
-    refused = _csrf_refused(request)
-    if refused is not None:
-        return refused
-    node = console_state(request).node
-    request_id = request.path_params["id"]
-    if await run_in_threadpool(data.find_request, node, request_id) is None:
-        return _error(404, f"no follow-up request {request_id!r} at node {node.jurisdiction}")
-    body = await _body(request)
-    if "fields" in body:
-        raise decisions.DecisionInvalid("a refusal takes a reason only")
+    checked = await _decision(request, reason_only="refusal")
+    if isinstance(checked, JSONResponse):
+        return checked
     decided = await run_in_threadpool(
-        decisions.refuse, node, request_id, _reason(body), officer_session(request).audit_id
+        decisions.refuse,
+        checked.node,
+        checked.request_id,
+        _reason(checked.body),
+        checked.session_id,
     )
     return JSONResponse(decided.request.as_json(utc_now()))
 
 
 @_guarded
 async def release(request: Request) -> JSONResponse:
-    refused = _csrf_refused(request)
-    if refused is not None:
-        return refused
-    node = console_state(request).node
-    request_id = request.path_params["id"]
-    if await run_in_threadpool(data.find_request, node, request_id) is None:
-        return _error(404, f"no follow-up request {request_id!r} at node {node.jurisdiction}")
-    body = await _body(request)
-    if "fields" in body:
-        raise decisions.DecisionInvalid("a release takes a reason only")
+    checked = await _decision(request, reason_only="release")
+    if isinstance(checked, JSONResponse):
+        return checked
     decided = await run_in_threadpool(
-        decisions.release, node, request_id, _reason(body), officer_session(request).audit_id
+        decisions.release,
+        checked.node,
+        checked.request_id,
+        _reason(checked.body),
+        checked.session_id,
     )
     return JSONResponse(decided.request.as_json(utc_now()))
 
