@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedtrace.v1 import node_pb2 as fedtrace_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64trace/v1/aggregate.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\";\n\x16GetPositionTagsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\"\x81\x01\n\x12PositionTagsHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12\x10\n\x08tag_kind\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"^\n\x11PositionTagsChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedtrace.v1.PositionTagsHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xaa\x01\n\x0f\x41ggregateHeader\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x12\n\ntotal_only\x18\x06 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\"}\n\x18\x41ggregateEvaluateRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.AggregateHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"k\n\x0b\x46igureNoise\x12\x0e\n\x06\x66igure\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x15\n\rhalf_width_95\x18\x03 \x01(\x04\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\x12\x14\n\x0cnon_negative\x18\x05 \x01(\x08\"\xfc\x02\n\x10\x41ggregateSummary\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x11\n\trow_count\x18\x05 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\x12\x12\n\nmin_cohort\x18\x08 \x01(\r\x12\x0f\n\x07\x65psilon\x18\t \x01(\x01\x12\'\n\x05noise\x18\n \x03(\x0b\x32\x18.fedtrace.v1.FigureNoise\x12\x12\n\ntotal_only\x18\x0b \x01(\x08\x12\x1a\n\x12\x65xpires_in_seconds\x18\x0c \x01(\r\x12\x18\n\x10he_parameter_set\x18\r \x01(\t\x12\x12\n\ntotal_salt\x18\x0e \x01(\x0c\x12\x15\n\ragreement_key\x18\x0f \x01(\x0c\x12\x1b\n\x13\x61greement_signature\x18\x10 \x01(\x0c\"\x80\x01\n\x19\x41ggregateEvaluateResponse\x12\x30\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.fedtrace.v1.AggregateSummaryH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\x9a\x01\n\x0fPeerCertificate\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x10\n\x08query_id\x18\x03 \x01(\x0c\x12\x12\n\ntotal_salt\x18\x04 \x01(\x0c\x12\x15\n\ragreement_key\x18\x05 \x01(\x0c\x12\x1b\n\x13\x61greement_signature\x18\x06 \x01(\x0c\"\xf5\x01\n\x0fIndicatorHeader\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\x1d\n\x15public_context_sha256\x18\x02 \x01(\x0c\x12\x1e\n\x16public_context_follows\x18\x03 \x01(\x08\x12\x17\n\x0findicator_count\x18\x04 \x01(\r\x12+\n\x05peers\x18\x05 \x03(\x0b\x32\x1c.fedtrace.v1.PeerCertificate\x12\x13\n\x0btotal_nonce\x18\x06 \x01(\x0c\x12\x18\n\x10he_parameter_set\x18\x07 \x01(\t\x12\x1c\n\x14public_context_bytes\x18\x08 \x01(\x04\"y\n\x10\x41ggregateRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.IndicatorHeaderH\x00\x12\x18\n\x0epublic_context\x18\x02 \x01(\x0cH\x00\x12\x13\n\tindicator\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"2\n\x0c\x43olumnAnswer\x12\x0e\n\x06\x66igure\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"@\n\x10\x41ggregateTrailer\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"z\n\x11\x41ggregateResponse\x12+\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.ColumnAnswerH\x00\x12\x30\n\x07trailer\x18\x02 \x01(\x0b\x32\x1d.fedtrace.v1.AggregateTrailerH\x00\x42\x06\n\x04part2\x9b\x02\n\x10\x41ggregateService\x12X\n\x0fGetPositionTags\x12#.fedtrace.v1.GetPositionTagsRequest\x1a\x1e.fedtrace.v1.PositionTagsChunk0\x01\x12]\n\x08\x45valuate\x12%.fedtrace.v1.AggregateEvaluateRequest\x1a&.fedtrace.v1.AggregateEvaluateResponse(\x01\x30\x01\x12N\n\tAggregate\x12\x1d.fedtrace.v1.AggregateRequest\x1a\x1e.fedtrace.v1.AggregateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64trace/v1/aggregate.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\";\n\x16GetPositionTagsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\"\x81\x01\n\x12PositionTagsHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12\x10\n\x08tag_kind\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"^\n\x11PositionTagsChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedtrace.v1.PositionTagsHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xd8\x01\n\x0f\x41ggregateHeader\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x12\n\ntotal_only\x18\x06 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12,\n\x08openings\x18\x08 \x03(\x0b\x32\x1a.fedtrace.v1.SealedOpening\"}\n\x18\x41ggregateEvaluateRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.AggregateHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"k\n\x0b\x46igureNoise\x12\x0e\n\x06\x66igure\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x15\n\rhalf_width_95\x18\x03 \x01(\x04\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\x12\x14\n\x0cnon_negative\x18\x05 \x01(\x08\"\xfc\x02\n\x10\x41ggregateSummary\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x11\n\trow_count\x18\x05 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\x12\x12\n\nmin_cohort\x18\x08 \x01(\r\x12\x0f\n\x07\x65psilon\x18\t \x01(\x01\x12\'\n\x05noise\x18\n \x03(\x0b\x32\x18.fedtrace.v1.FigureNoise\x12\x12\n\ntotal_only\x18\x0b \x01(\x08\x12\x1a\n\x12\x65xpires_in_seconds\x18\x0c \x01(\r\x12\x18\n\x10he_parameter_set\x18\r \x01(\t\x12\x12\n\ntotal_salt\x18\x0e \x01(\x0c\x12\x15\n\ragreement_key\x18\x0f \x01(\x0c\x12\x1b\n\x13\x61greement_signature\x18\x10 \x01(\x0c\"\x80\x01\n\x19\x41ggregateEvaluateResponse\x12\x30\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.fedtrace.v1.AggregateSummaryH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\x9a\x01\n\x0fPeerCertificate\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x10\n\x08query_id\x18\x03 \x01(\x0c\x12\x12\n\ntotal_salt\x18\x04 \x01(\x0c\x12\x15\n\ragreement_key\x18\x05 \x01(\x0c\x12\x1b\n\x13\x61greement_signature\x18\x06 \x01(\x0c\"\xa3\x02\n\x0fIndicatorHeader\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\x1d\n\x15public_context_sha256\x18\x02 \x01(\x0c\x12\x1e\n\x16public_context_follows\x18\x03 \x01(\x08\x12\x17\n\x0findicator_count\x18\x04 \x01(\r\x12+\n\x05peers\x18\x05 \x03(\x0b\x32\x1c.fedtrace.v1.PeerCertificate\x12\x13\n\x0btotal_nonce\x18\x06 \x01(\x0c\x12\x18\n\x10he_parameter_set\x18\x07 \x01(\t\x12\x1c\n\x14public_context_bytes\x18\x08 \x01(\x04\x12,\n\x08openings\x18\t \x03(\x0b\x32\x1a.fedtrace.v1.SealedOpening\"y\n\x10\x41ggregateRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.IndicatorHeaderH\x00\x12\x18\n\x0epublic_context\x18\x02 \x01(\x0cH\x00\x12\x13\n\tindicator\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"2\n\x0c\x43olumnAnswer\x12\x0e\n\x06\x66igure\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"l\n\x10\x41ggregateTrailer\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12*\n\naudit_head\x18\x03 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead\"z\n\x11\x41ggregateResponse\x12+\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.ColumnAnswerH\x00\x12\x30\n\x07trailer\x18\x02 \x01(\x0b\x32\x1d.fedtrace.v1.AggregateTrailerH\x00\x42\x06\n\x04part2\x9b\x02\n\x10\x41ggregateService\x12X\n\x0fGetPositionTags\x12#.fedtrace.v1.GetPositionTagsRequest\x1a\x1e.fedtrace.v1.PositionTagsChunk0\x01\x12]\n\x08\x45valuate\x12%.fedtrace.v1.AggregateEvaluateRequest\x1a&.fedtrace.v1.AggregateEvaluateResponse(\x01\x30\x01\x12N\n\tAggregate\x12\x1d.fedtrace.v1.AggregateRequest\x1a\x1e.fedtrace.v1.AggregateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSITIONTAGSCHUNK']._serialized_start=261
   _globals['_POSITIONTAGSCHUNK']._serialized_end=355
   _globals['_AGGREGATEHEADER']._serialized_start=358
-  _globals['_AGGREGATEHEADER']._serialized_end=528
-  _globals['_AGGREGATEEVALUATEREQUEST']._serialized_start=530
-  _globals['_AGGREGATEEVALUATEREQUEST']._serialized_end=655
-  _globals['_FIGURENOISE']._serialized_start=657
-  _globals['_FIGURENOISE']._serialized_end=764
-  _globals['_AGGREGATESUMMARY']._serialized_start=767
-  _globals['_AGGREGATESUMMARY']._serialized_end=1147
-  _globals['_AGGREGATEEVALUATERESPONSE']._serialized_start=1150
-  _globals['_AGGREGATEEVALUATERESPONSE']._serialized_end=1278
-  _globals['_PEERCERTIFICATE']._serialized_start=1281
-  _globals['_PEERCERTIFICATE']._serialized_end=1435
-  _globals['_INDICATORHEADER']._serialized_start=1438
-  _globals['_INDICATORHEADER']._serialized_end=1683
-  _globals['_AGGREGATEREQUEST']._serialized_start=1685
-  _globals['_AGGREGATEREQUEST']._serialized_end=1806
-  _globals['_COLUMNANSWER']._serialized_start=1808
-  _globals['_COLUMNANSWER']._serialized_end=1858
-  _globals['_AGGREGATETRAILER']._serialized_start=1860
-  _globals['_AGGREGATETRAILER']._serialized_end=1924
-  _globals['_AGGREGATERESPONSE']._serialized_start=1926
-  _globals['_AGGREGATERESPONSE']._serialized_end=2048
-  _globals['_AGGREGATESERVICE']._serialized_start=2051
-  _globals['_AGGREGATESERVICE']._serialized_end=2334
+  _globals['_AGGREGATEHEADER']._serialized_end=574
+  _globals['_AGGREGATEEVALUATEREQUEST']._serialized_start=576
+  _globals['_AGGREGATEEVALUATEREQUEST']._serialized_end=701
+  _globals['_FIGURENOISE']._serialized_start=703
+  _globals['_FIGURENOISE']._serialized_end=810
+  _globals['_AGGREGATESUMMARY']._serialized_start=813
+  _globals['_AGGREGATESUMMARY']._serialized_end=1193
+  _globals['_AGGREGATEEVALUATERESPONSE']._serialized_start=1196
+  _globals['_AGGREGATEEVALUATERESPONSE']._serialized_end=1324
+  _globals['_PEERCERTIFICATE']._serialized_start=1327
+  _globals['_PEERCERTIFICATE']._serialized_end=1481
+  _globals['_INDICATORHEADER']._serialized_start=1484
+  _globals['_INDICATORHEADER']._serialized_end=1775
+  _globals['_AGGREGATEREQUEST']._serialized_start=1777
+  _globals['_AGGREGATEREQUEST']._serialized_end=1898
+  _globals['_COLUMNANSWER']._serialized_start=1900
+  _globals['_COLUMNANSWER']._serialized_end=1950
+  _globals['_AGGREGATETRAILER']._serialized_start=1952
+  _globals['_AGGREGATETRAILER']._serialized_end=2060
+  _globals['_AGGREGATERESPONSE']._serialized_start=2062
+  _globals['_AGGREGATERESPONSE']._serialized_end=2184
+  _globals['_AGGREGATESERVICE']._serialized_start=2187
+  _globals['_AGGREGATESERVICE']._serialized_end=2470
 # @@protoc_insertion_point(module_scope)

@@ -132,6 +132,7 @@ class AggregateHeader(_message.Message):
     COLUMNS_FIELD_NUMBER: _builtins.int
     TOTAL_ONLY_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    OPENINGS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     """the epoch whose tags the coordinator holds"""
@@ -147,6 +148,10 @@ class AggregateHeader(_message.Message):
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """columns to sum; the match count is always included"""
 
+    @_builtins.property
+    def openings(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.SealedOpening]:
+        """one per monitor the grant names (round-1 points)"""
+
     def __init__(
         self,
         *,
@@ -157,10 +162,11 @@ class AggregateHeader(_message.Message):
         columns: _abc.Iterable[_builtins.str] | None = ...,
         total_only: _builtins.bool = ...,
         epsilon: _builtins.float = ...,
+        openings: _abc.Iterable[_node_pb2.SealedOpening] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "context", b"context", "dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "item_count", b"item_count", "total_only", b"total_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "context", b"context", "dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "item_count", b"item_count", "openings", b"openings", "total_only", b"total_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +389,7 @@ class IndicatorHeader(_message.Message):
     TOTAL_NONCE_FIELD_NUMBER: _builtins.int
     HE_PARAMETER_SET_FIELD_NUMBER: _builtins.int
     PUBLIC_CONTEXT_BYTES_FIELD_NUMBER: _builtins.int
+    OPENINGS_FIELD_NUMBER: _builtins.int
     query_id: _builtins.bytes
     public_context_sha256: _builtins.bytes
     """the node may hold this context already"""
@@ -400,6 +407,10 @@ class IndicatorHeader(_message.Message):
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerCertificate]:
         """total-only: every answering node, this one included"""
 
+    @_builtins.property
+    def openings(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.SealedOpening]:
+        """one per monitor the grant names (the indicator)"""
+
     def __init__(
         self,
         *,
@@ -411,10 +422,11 @@ class IndicatorHeader(_message.Message):
         total_nonce: _builtins.bytes = ...,
         he_parameter_set: _builtins.str = ...,
         public_context_bytes: _builtins.int = ...,
+        openings: _abc.Iterable[_node_pb2.SealedOpening] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_parameter_set", b"he_parameter_set", "indicator_count", b"indicator_count", "peers", b"peers", "public_context_bytes", b"public_context_bytes", "public_context_follows", b"public_context_follows", "public_context_sha256", b"public_context_sha256", "query_id", b"query_id", "total_nonce", b"total_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_parameter_set", b"he_parameter_set", "indicator_count", b"indicator_count", "openings", b"openings", "peers", b"peers", "public_context_bytes", b"public_context_bytes", "public_context_follows", b"public_context_follows", "public_context_sha256", b"public_context_sha256", "query_id", b"query_id", "total_nonce", b"total_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,18 +493,24 @@ class AggregateTrailer(_message.Message):
 
     TRANSCRIPT_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     transcript_sha256: _builtins.bytes
     signature: _builtins.bytes
     """ECDSA P-256 / SHA-256, DER, by the node's certificate key"""
+    @_builtins.property
+    def audit_head(self) -> _node_pb2.AuditHead:
+        """the node's audit head after this answer's entry"""
+
     def __init__(
         self,
         *,
         transcript_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        audit_head: _node_pb2.AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -141,6 +141,7 @@ class DatasetInfo(_message.Message):
     BLINDING_POINT_FIELD_NUMBER: _builtins.int
     KEY_COMMITMENT_FIELD_NUMBER: _builtins.int
     BLINDING_PROOF_FIELD_NUMBER: _builtins.int
+    MONITORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     identifier_kind: _builtins.str
     """"wallet" | "person" """
@@ -162,6 +163,12 @@ class DatasetInfo(_message.Message):
     def aggregate_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def disclosable_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def monitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Monitors (docs/accountability.md) the caller's grants on this dataset name: a query
+        without a sealed opening for each of them is refused.
+        """
+
     def __init__(
         self,
         *,
@@ -175,10 +182,11 @@ class DatasetInfo(_message.Message):
         blinding_point: _builtins.bytes = ...,
         key_commitment: _builtins.bytes = ...,
         blinding_proof: _builtins.bytes = ...,
+        monitors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "blinding_point", b"blinding_point", "blinding_proof", b"blinding_proof", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "group", b"group", "identifier_kind", b"identifier_kind", "key_commitment", b"key_commitment", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "blinding_point", b"blinding_point", "blinding_proof", b"blinding_proof", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "group", b"group", "identifier_kind", b"identifier_kind", "key_commitment", b"key_commitment", "monitors", b"monitors", "name", b"name", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +201,7 @@ class NodeInfo(_message.Message):
     DATASETS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     jurisdiction: _builtins.str
     policy_version: _builtins.str
     software_version: _builtins.str
@@ -200,6 +209,10 @@ class NodeInfo(_message.Message):
     """the node's certificate, whose key signs every answer"""
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetInfo]: ...
+    @_builtins.property
+    def audit_head(self) -> Global___AuditHead:
+        """the node's audit trail head now, signed"""
+
     def __init__(
         self,
         *,
@@ -208,14 +221,101 @@ class NodeInfo(_message.Message):
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
         software_version: _builtins.str = ...,
         certificate_pem: _builtins.bytes = ...,
+        audit_head: Global___AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "datasets", b"datasets", "jurisdiction", b"jurisdiction", "policy_version", b"policy_version", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "certificate_pem", b"certificate_pem", "datasets", b"datasets", "jurisdiction", b"jurisdiction", "policy_version", b"policy_version", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
+class AuditHead(_message.Message):
+    """A node's signed statement of its audit trail's head (docs/accountability.md): the number
+    of entries and the hash-chain head after the last one. A partner that keeps it can later
+    prove a trail rolled back, truncated or wiped behind it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JURISDICTION_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    HEAD_SHA256_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    jurisdiction: _builtins.str
+    entries: _builtins.int
+    """entries in the trail (the last one's sequence number)"""
+    head_sha256: _builtins.bytes
+    """the chain hash of the last entry"""
+    timestamp_unix_ms: _builtins.int
+    """when the node signed it"""
+    signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256, DER, by the node's certificate key"""
+    def __init__(
+        self,
+        *,
+        jurisdiction: _builtins.str = ...,
+        entries: _builtins.int = ...,
+        head_sha256: _builtins.bytes = ...,
+        timestamp_unix_ms: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "head_sha256", b"head_sha256", "jurisdiction", b"jurisdiction", "signature", b"signature", "timestamp_unix_ms", b"timestamp_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditHead: _TypeAlias = AuditHead  # noqa: Y015
+
+@_typing.final
+class SealedOpening(_message.Message):
+    """Everything a monitor needs to recompute what the coordinator sent, sealed to the monitor's
+    public key (HPKE, RFC 9180: DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM) and bound
+    by the investigator's signature to the digest of the points (docs/accountability.md). The
+    node checks its form, size and signature, stores it with the audit entry and cannot open it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_FIELD_NUMBER: _builtins.int
+    SUITE_FIELD_NUMBER: _builtins.int
+    ENC_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    monitor: _builtins.str
+    """the monitor's name, as its certificate names it"""
+    suite: _builtins.str
+    """the HPKE suite, e.g. "P256-SHA256-AES128GCM" """
+    enc: _builtins.bytes
+    """HPKE encapsulated key"""
+    ciphertext: _builtins.bytes
+    """HPKE ciphertext of the canonical (RFC 8785) opening"""
+    statement: _builtins.bytes
+    """canonical JSON the investigator signed (digests it binds)"""
+    signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256, DER, by the investigator's key"""
+    def __init__(
+        self,
+        *,
+        monitor: _builtins.str = ...,
+        suite: _builtins.str = ...,
+        enc: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "enc", b"enc", "monitor", b"monitor", "signature", b"signature", "statement", b"statement", "suite", b"suite"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedOpening: _TypeAlias = SealedOpening  # noqa: Y015
 
 @_typing.final
 class GetFilterRequest(_message.Message):
@@ -340,6 +440,7 @@ class EvaluateHeader(_message.Message):
     DISCLOSURE_FIELD_NUMBER: _builtins.int
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
     BLINDING_FIELD_NUMBER: _builtins.int
+    OPENINGS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     """the epoch whose filter the coordinator holds"""
@@ -351,6 +452,10 @@ class EvaluateHeader(_message.Message):
     """recorded in the signed transcript"""
     @_builtins.property
     def context(self) -> Global___QueryContext: ...
+    @_builtins.property
+    def openings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SealedOpening]:
+        """one per monitor the grant names"""
+
     def __init__(
         self,
         *,
@@ -360,10 +465,11 @@ class EvaluateHeader(_message.Message):
         disclosure: Global___Disclosure.ValueType = ...,
         item_count: _builtins.int = ...,
         blinding: Global___Blinding.ValueType = ...,
+        openings: _abc.Iterable[Global___SealedOpening] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinding", b"blinding", "context", b"context", "dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinding", b"blinding", "context", b"context", "dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count", "openings", b"openings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,18 +550,24 @@ class EvaluateTrailer(_message.Message):
 
     TRANSCRIPT_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     transcript_sha256: _builtins.bytes
     signature: _builtins.bytes
     """ECDSA P-256 / SHA-256, DER, by the node's certificate key"""
+    @_builtins.property
+    def audit_head(self) -> Global___AuditHead:
+        """the node's audit head after this answer's entry"""
+
     def __init__(
         self,
         *,
         transcript_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        audit_head: Global___AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

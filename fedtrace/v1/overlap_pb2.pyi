@@ -401,18 +401,24 @@ class OverlapCloseResponse(_message.Message):
 
     TRANSCRIPT_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     transcript_sha256: _builtins.bytes
     signature: _builtins.bytes
     """ECDSA P-256 / SHA-256, DER, by the node's certificate key"""
+    @_builtins.property
+    def audit_head(self) -> _node_pb2.AuditHead:
+        """the node's audit head after this overlap's entry"""
+
     def __init__(
         self,
         *,
         transcript_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        audit_head: _node_pb2.AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "signature", b"signature", "transcript_sha256", b"transcript_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from fedtrace.v1 import node_pb2 as fedtrace_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64trace/v1/requests.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"\xda\x01\n\x15SubmitFollowUpRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.fedtrace.v1.FollowUpKind\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0c\n\x04item\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x19\n\x11preservation_days\x18\x07 \x01(\r\x12\x12\n\namount_eur\x18\x08 \x01(\x04\"=\n\x15\x46ollowUpStatusRequest\x12\x10\n\x08\x63\x61se_ref\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x8b\x01\n\x0e\x46ollowUpRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0brecord_json\x18\x03 \x01(\x0c\x12\x15\n\rrecord_sha256\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\x0c*\x83\x01\n\x0c\x46ollowUpKind\x12\x1e\n\x1a\x46OLLOW_UP_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46OLLOW_UP_KIND_DISCLOSE\x10\x01\x12\x1b\n\x17\x46OLLOW_UP_KIND_PRESERVE\x10\x02\x12\x19\n\x15\x46OLLOW_UP_KIND_FREEZE\x10\x03\x32\xa8\x01\n\x0eRequestService\x12I\n\x06Submit\x12\".fedtrace.v1.SubmitFollowUpRequest\x1a\x1b.fedtrace.v1.FollowUpRecord\x12K\n\x06Status\x12\".fedtrace.v1.FollowUpStatusRequest\x1a\x1b.fedtrace.v1.FollowUpRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64trace/v1/requests.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"\xda\x01\n\x15SubmitFollowUpRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.fedtrace.v1.FollowUpKind\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0c\n\x04item\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x19\n\x11preservation_days\x18\x07 \x01(\r\x12\x12\n\namount_eur\x18\x08 \x01(\x04\"=\n\x15\x46ollowUpStatusRequest\x12\x10\n\x08\x63\x61se_ref\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb7\x01\n\x0e\x46ollowUpRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0brecord_json\x18\x03 \x01(\x0c\x12\x15\n\rrecord_sha256\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\x0c\x12*\n\naudit_head\x18\x07 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead*\x83\x01\n\x0c\x46ollowUpKind\x12\x1e\n\x1a\x46OLLOW_UP_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46OLLOW_UP_KIND_DISCLOSE\x10\x01\x12\x1b\n\x17\x46OLLOW_UP_KIND_PRESERVE\x10\x02\x12\x19\n\x15\x46OLLOW_UP_KIND_FREEZE\x10\x03\x32\xa8\x01\n\x0eRequestService\x12I\n\x06Submit\x12\".fedtrace.v1.SubmitFollowUpRequest\x1a\x1b.fedtrace.v1.FollowUpRecord\x12K\n\x06Status\x12\".fedtrace.v1.FollowUpStatusRequest\x1a\x1b.fedtrace.v1.FollowUpRecord0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrace.v1.requests_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FOLLOWUPKIND']._serialized_start=494
-  _globals['_FOLLOWUPKIND']._serialized_end=625
+  _globals['_FOLLOWUPKIND']._serialized_start=538
+  _globals['_FOLLOWUPKIND']._serialized_end=669
   _globals['_SUBMITFOLLOWUPREQUEST']._serialized_start=68
   _globals['_SUBMITFOLLOWUPREQUEST']._serialized_end=286
   _globals['_FOLLOWUPSTATUSREQUEST']._serialized_start=288
   _globals['_FOLLOWUPSTATUSREQUEST']._serialized_end=349
   _globals['_FOLLOWUPRECORD']._serialized_start=352
-  _globals['_FOLLOWUPRECORD']._serialized_end=491
-  _globals['_REQUESTSERVICE']._serialized_start=628
-  _globals['_REQUESTSERVICE']._serialized_end=796
+  _globals['_FOLLOWUPRECORD']._serialized_end=535
+  _globals['_REQUESTSERVICE']._serialized_start=672
+  _globals['_REQUESTSERVICE']._serialized_end=840
 # @@protoc_insertion_point(module_scope)

@@ -136,6 +136,7 @@ class FollowUpRecord(_message.Message):
     RECORD_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     state: _builtins.str
     """pending | approved | partly-approved | refused | expired | no-record"""
@@ -149,6 +150,10 @@ class FollowUpRecord(_message.Message):
     """ECDSA P-256 / SHA-256, DER, by the node's certificate key"""
     certificate_pem: _builtins.bytes
     """the node's certificate"""
+    @_builtins.property
+    def audit_head(self) -> _node_pb2.AuditHead:
+        """the node's audit head after this request's entry"""
+
     def __init__(
         self,
         *,
@@ -158,10 +163,11 @@ class FollowUpRecord(_message.Message):
         record_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         certificate_pem: _builtins.bytes = ...,
+        audit_head: _node_pb2.AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "record_json", b"record_json", "record_sha256", b"record_sha256", "request_id", b"request_id", "signature", b"signature", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "certificate_pem", b"certificate_pem", "record_json", b"record_json", "record_sha256", b"record_sha256", "request_id", b"request_id", "signature", b"signature", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
