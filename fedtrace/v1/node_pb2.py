@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trace/v1/node.proto\x12\x0b\x66\x65\x64trace.v1\"_\n\x0cQueryContext\x12\x10\n\x08\x63\x61se_ref\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\"\x10\n\x0eGetInfoRequest\"\xf5\x01\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x19\n\x11\x61ggregate_columns\x18\x05 \x03(\t\x12\x1b\n\x13\x64isclosable_columns\x18\x06 \x03(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12\x16\n\x0e\x62linding_point\x18\x08 \x01(\x0c\x12\x16\n\x0ekey_commitment\x18\t \x01(\x0c\x12\x16\n\x0e\x62linding_proof\x18\n \x01(\x0c\x12\x10\n\x08monitors\x18\x0b \x03(\t\"\xc3\x01\n\x08NodeInfo\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.fedtrace.v1.DatasetInfo\x12\x18\n\x10software_version\x18\x04 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\x12*\n\naudit_head\x18\x06 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead\"u\n\tAuditHead\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\x13\n\x0bhead_sha256\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"v\n\rSealedOpening\x12\x0f\n\x07monitor\x18\x01 \x01(\t\x12\r\n\x05suite\x18\x02 \x01(\t\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\x12\x11\n\tstatement\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"5\n\x10GetFilterRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\"\x97\x01\n\x0c\x46ilterHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66ilter_kind\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x16\n\x0eremainder_bits\x18\x05 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\"R\n\x0b\x46ilterChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.FilterHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x1c\n\nPointBatch\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\xf7\x01\n\x0e\x45valuateHeader\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12+\n\ndisclosure\x18\x04 \x01(\x0e\x32\x17.fedtrace.v1.Disclosure\x12\x12\n\nitem_count\x18\x05 \x01(\x04\x12\'\n\x08\x62linding\x18\x06 \x01(\x0e\x32\x15.fedtrace.v1.Blinding\x12,\n\x08openings\x18\x07 \x03(\x0b\x32\x1a.fedtrace.v1.SealedOpening\"s\n\x0f\x45valuateRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedtrace.v1.EvaluateHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\xb5\x01\n\x0f\x45valuateSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12+\n\ndisclosure\x18\x03 \x01(\x0e\x32\x17.fedtrace.v1.Disclosure\x12\x10\n\x08shuffled\x18\x04 \x01(\x08\x12\x12\n\nitem_count\x18\x05 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\"k\n\x0f\x45valuateTrailer\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12*\n\naudit_head\x18\x03 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead\"\xa7\x01\n\x10\x45valuateResponse\x12/\n\x07summary\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.EvaluateSummaryH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1c.fedtrace.v1.EvaluateTrailerH\x00\x42\x06\n\x04part*}\n\nDisclosure\x12\x1a\n\x16\x44ISCLOSURE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43\x41RDINALITY\x10\x01\x12\r\n\tAGGREGATE\x10\x02\x12\x0e\n\nMEMBERSHIP\x10\x03\x12\x16\n\x12\x44ISCLOSURE_REQUEST\x10\x04\x12\x0b\n\x07OVERLAP\x10\x05*>\n\x08\x42linding\x12\x1b\n\x17\x42LINDING_MULTIPLICATIVE\x10\x00\x12\x15\n\x11\x42LINDING_ADDITIVE\x10\x01\x32\xe1\x01\n\x0bNodeService\x12=\n\x07GetInfo\x12\x1b.fedtrace.v1.GetInfoRequest\x1a\x15.fedtrace.v1.NodeInfo\x12\x46\n\tGetFilter\x12\x1d.fedtrace.v1.GetFilterRequest\x1a\x18.fedtrace.v1.FilterChunk0\x01\x12K\n\x08\x45valuate\x12\x1c.fedtrace.v1.EvaluateRequest\x1a\x1d.fedtrace.v1.EvaluateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trace/v1/node.proto\x12\x0b\x66\x65\x64trace.v1\"_\n\x0cQueryContext\x12\x10\n\x08\x63\x61se_ref\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\"\x10\n\x0eGetInfoRequest\"\x94\x02\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x19\n\x11\x61ggregate_columns\x18\x05 \x03(\t\x12\x1b\n\x13\x64isclosable_columns\x18\x06 \x03(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12\x16\n\x0e\x62linding_point\x18\x08 \x01(\x0c\x12\x16\n\x0ekey_commitment\x18\t \x01(\x0c\x12\x16\n\x0e\x62linding_proof\x18\n \x01(\x0c\x12\x10\n\x08monitors\x18\x0b \x03(\t\x12\x1d\n\x15\x66ilter_partition_bits\x18\x0c \x01(\r\"\xc3\x01\n\x08NodeInfo\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.fedtrace.v1.DatasetInfo\x12\x18\n\x10software_version\x18\x04 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\x12*\n\naudit_head\x18\x06 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead\"u\n\tAuditHead\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\x13\n\x0bhead_sha256\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"v\n\rSealedOpening\x12\x0f\n\x07monitor\x18\x01 \x01(\t\x12\r\n\x05suite\x18\x02 \x01(\t\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\x12\x11\n\tstatement\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"X\n\x10GetFilterRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"\xd2\x01\n\x0c\x46ilterHeader\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66ilter_kind\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x16\n\x0eremainder_bits\x18\x05 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x11\n\tpartition\x18\x08 \x01(\r\x12\x16\n\x0epartition_bits\x18\t \x01(\r\x12\x0e\n\x06offset\x18\n \x01(\x04\"R\n\x0b\x46ilterChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.FilterHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x1c\n\nPointBatch\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\xf7\x01\n\x0e\x45valuateHeader\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x03 \x01(\t\x12+\n\ndisclosure\x18\x04 \x01(\x0e\x32\x17.fedtrace.v1.Disclosure\x12\x12\n\nitem_count\x18\x05 \x01(\x04\x12\'\n\x08\x62linding\x18\x06 \x01(\x0e\x32\x15.fedtrace.v1.Blinding\x12,\n\x08openings\x18\x07 \x03(\x0b\x32\x1a.fedtrace.v1.SealedOpening\"s\n\x0f\x45valuateRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedtrace.v1.EvaluateHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\xb5\x01\n\x0f\x45valuateSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x65poch_id\x18\x02 \x01(\t\x12+\n\ndisclosure\x18\x03 \x01(\x0e\x32\x17.fedtrace.v1.Disclosure\x12\x10\n\x08shuffled\x18\x04 \x01(\x08\x12\x12\n\nitem_count\x18\x05 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x07 \x01(\t\"k\n\x0f\x45valuateTrailer\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12*\n\naudit_head\x18\x03 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead\"\xa7\x01\n\x10\x45valuateResponse\x12/\n\x07summary\x18\x01 \x01(\x0b\x32\x1c.fedtrace.v1.EvaluateSummaryH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1c.fedtrace.v1.EvaluateTrailerH\x00\x42\x06\n\x04part*}\n\nDisclosure\x12\x1a\n\x16\x44ISCLOSURE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43\x41RDINALITY\x10\x01\x12\r\n\tAGGREGATE\x10\x02\x12\x0e\n\nMEMBERSHIP\x10\x03\x12\x16\n\x12\x44ISCLOSURE_REQUEST\x10\x04\x12\x0b\n\x07OVERLAP\x10\x05*>\n\x08\x42linding\x12\x1b\n\x17\x42LINDING_MULTIPLICATIVE\x10\x00\x12\x15\n\x11\x42LINDING_ADDITIVE\x10\x01\x32\xe1\x01\n\x0bNodeService\x12=\n\x07GetInfo\x12\x1b.fedtrace.v1.GetInfoRequest\x1a\x15.fedtrace.v1.NodeInfo\x12\x46\n\tGetFilter\x12\x1d.fedtrace.v1.GetFilterRequest\x1a\x18.fedtrace.v1.FilterChunk0\x01\x12K\n\x08\x45valuate\x12\x1c.fedtrace.v1.EvaluateRequest\x1a\x1d.fedtrace.v1.EvaluateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrace.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISCLOSURE']._serialized_start=1992
-  _globals['_DISCLOSURE']._serialized_end=2117
-  _globals['_BLINDING']._serialized_start=2119
-  _globals['_BLINDING']._serialized_end=2181
+  _globals['_DISCLOSURE']._serialized_start=2117
+  _globals['_DISCLOSURE']._serialized_end=2242
+  _globals['_BLINDING']._serialized_start=2244
+  _globals['_BLINDING']._serialized_end=2306
   _globals['_QUERYCONTEXT']._serialized_start=39
   _globals['_QUERYCONTEXT']._serialized_end=134
   _globals['_GETINFOREQUEST']._serialized_start=136
   _globals['_GETINFOREQUEST']._serialized_end=152
   _globals['_DATASETINFO']._serialized_start=155
-  _globals['_DATASETINFO']._serialized_end=400
-  _globals['_NODEINFO']._serialized_start=403
-  _globals['_NODEINFO']._serialized_end=598
-  _globals['_AUDITHEAD']._serialized_start=600
-  _globals['_AUDITHEAD']._serialized_end=717
-  _globals['_SEALEDOPENING']._serialized_start=719
-  _globals['_SEALEDOPENING']._serialized_end=837
-  _globals['_GETFILTERREQUEST']._serialized_start=839
-  _globals['_GETFILTERREQUEST']._serialized_end=892
-  _globals['_FILTERHEADER']._serialized_start=895
-  _globals['_FILTERHEADER']._serialized_end=1046
-  _globals['_FILTERCHUNK']._serialized_start=1048
-  _globals['_FILTERCHUNK']._serialized_end=1130
-  _globals['_POINTBATCH']._serialized_start=1132
-  _globals['_POINTBATCH']._serialized_end=1160
-  _globals['_EVALUATEHEADER']._serialized_start=1163
-  _globals['_EVALUATEHEADER']._serialized_end=1410
-  _globals['_EVALUATEREQUEST']._serialized_start=1412
-  _globals['_EVALUATEREQUEST']._serialized_end=1527
-  _globals['_EVALUATESUMMARY']._serialized_start=1530
-  _globals['_EVALUATESUMMARY']._serialized_end=1711
-  _globals['_EVALUATETRAILER']._serialized_start=1713
-  _globals['_EVALUATETRAILER']._serialized_end=1820
-  _globals['_EVALUATERESPONSE']._serialized_start=1823
-  _globals['_EVALUATERESPONSE']._serialized_end=1990
-  _globals['_NODESERVICE']._serialized_start=2184
-  _globals['_NODESERVICE']._serialized_end=2409
+  _globals['_DATASETINFO']._serialized_end=431
+  _globals['_NODEINFO']._serialized_start=434
+  _globals['_NODEINFO']._serialized_end=629
+  _globals['_AUDITHEAD']._serialized_start=631
+  _globals['_AUDITHEAD']._serialized_end=748
+  _globals['_SEALEDOPENING']._serialized_start=750
+  _globals['_SEALEDOPENING']._serialized_end=868
+  _globals['_GETFILTERREQUEST']._serialized_start=870
+  _globals['_GETFILTERREQUEST']._serialized_end=958
+  _globals['_FILTERHEADER']._serialized_start=961
+  _globals['_FILTERHEADER']._serialized_end=1171
+  _globals['_FILTERCHUNK']._serialized_start=1173
+  _globals['_FILTERCHUNK']._serialized_end=1255
+  _globals['_POINTBATCH']._serialized_start=1257
+  _globals['_POINTBATCH']._serialized_end=1285
+  _globals['_EVALUATEHEADER']._serialized_start=1288
+  _globals['_EVALUATEHEADER']._serialized_end=1535
+  _globals['_EVALUATEREQUEST']._serialized_start=1537
+  _globals['_EVALUATEREQUEST']._serialized_end=1652
+  _globals['_EVALUATESUMMARY']._serialized_start=1655
+  _globals['_EVALUATESUMMARY']._serialized_end=1836
+  _globals['_EVALUATETRAILER']._serialized_start=1838
+  _globals['_EVALUATETRAILER']._serialized_end=1945
+  _globals['_EVALUATERESPONSE']._serialized_start=1948
+  _globals['_EVALUATERESPONSE']._serialized_end=2115
+  _globals['_NODESERVICE']._serialized_start=2309
+  _globals['_NODESERVICE']._serialized_end=2534
 # @@protoc_insertion_point(module_scope)

@@ -142,6 +142,7 @@ class DatasetInfo(_message.Message):
     KEY_COMMITMENT_FIELD_NUMBER: _builtins.int
     BLINDING_PROOF_FIELD_NUMBER: _builtins.int
     MONITORS_FIELD_NUMBER: _builtins.int
+    FILTER_PARTITION_BITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     identifier_kind: _builtins.str
     """"wallet" | "person" """
@@ -159,6 +160,10 @@ class DatasetInfo(_message.Message):
     key_commitment: _builtins.bytes
     """B"""
     blinding_proof: _builtins.bytes
+    filter_partition_bits: _builtins.int
+    """Partitioned epochs (docs/performance.md): the filter is split into 2^filter_partition_bits
+    partitions by the top bits of each point's 64-bit filter hash; 0 means one filter.
+    """
     @_builtins.property
     def aggregate_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -183,10 +188,11 @@ class DatasetInfo(_message.Message):
         key_commitment: _builtins.bytes = ...,
         blinding_proof: _builtins.bytes = ...,
         monitors: _abc.Iterable[_builtins.str] | None = ...,
+        filter_partition_bits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "blinding_point", b"blinding_point", "blinding_proof", b"blinding_proof", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "group", b"group", "identifier_kind", b"identifier_kind", "key_commitment", b"key_commitment", "monitors", b"monitors", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_columns", b"aggregate_columns", "blinding_point", b"blinding_point", "blinding_proof", b"blinding_proof", "disclosable_columns", b"disclosable_columns", "epoch_id", b"epoch_id", "filter_partition_bits", b"filter_partition_bits", "group", b"group", "identifier_kind", b"identifier_kind", "key_commitment", b"key_commitment", "monitors", b"monitors", "name", b"name", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,18 +329,26 @@ class GetFilterRequest(_message.Message):
 
     DATASET_FIELD_NUMBER: _builtins.int
     EPOCH_ID_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     """empty: the current epoch"""
+    partition: _builtins.int
+    """which partition of a partitioned epoch (0 for one filter)"""
+    offset: _builtins.int
+    """resume: the first byte of filter data wanted"""
     def __init__(
         self,
         *,
         dataset: _builtins.str = ...,
         epoch_id: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epoch_id", b"epoch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epoch_id", b"epoch_id", "offset", b"offset", "partition", b"partition"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +367,9 @@ class FilterHeader(_message.Message):
     REMAINDER_BITS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    PARTITION_BITS_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     filter_kind: _builtins.str
@@ -363,6 +380,12 @@ class FilterHeader(_message.Message):
     """bytes of filter data that follow"""
     sha256: _builtins.bytes
     """digest of the filter data, checked by the coordinator"""
+    partition: _builtins.int
+    """the partition this filter covers"""
+    partition_bits: _builtins.int
+    """the epoch has 2^partition_bits partitions"""
+    offset: _builtins.int
+    """the data that follows starts at this byte (resume)"""
     def __init__(
         self,
         *,
@@ -373,10 +396,13 @@ class FilterHeader(_message.Message):
         remainder_bits: _builtins.int = ...,
         total_bytes: _builtins.int = ...,
         sha256: _builtins.bytes = ...,
+        partition: _builtins.int = ...,
+        partition_bits: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epoch_id", b"epoch_id", "filter_kind", b"filter_kind", "item_count", b"item_count", "remainder_bits", b"remainder_bits", "sha256", b"sha256", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "epoch_id", b"epoch_id", "filter_kind", b"filter_kind", "item_count", b"item_count", "offset", b"offset", "partition", b"partition", "partition_bits", b"partition_bits", "remainder_bits", b"remainder_bits", "sha256", b"sha256", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
