@@ -160,8 +160,14 @@ def approve_request(
     fields: Sequence[str] | None,
     reason: str,
     now: dt.datetime | None = None,
+    *,
+    officer: str | None = None,
 ) -> followup.FollowUpRow:
-    """Approve a pending request under the policy in force; audited."""
+    """Approve a pending request under the policy in force; audited.
+
+    ``officer`` names who decided in the audit entry only (default: the login name); it
+    never reaches the decision's reason, which the partner sees in the signed record.
+    """
     moment = now or utc_now()
     desk = OfficerDesk.open(node_dir)
     desk.expire(moment)
@@ -185,32 +191,51 @@ def approve_request(
     event = "request-approved" if decided.state != "no-record" else "request-no-record"
     if decided.state == FROZEN:
         event = "request-frozen"
-    desk.audit.append(event, followup.audit_fields(decided, officer=_officer()))
+    desk.audit.append(event, followup.audit_fields(decided, officer=officer or _officer()))
     return decided
 
 
 def refuse_request(
-    node_dir: Path, request_id: str, reason: str, now: dt.datetime | None = None
+    node_dir: Path,
+    request_id: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    *,
+    officer: str | None = None,
 ) -> followup.FollowUpRow:
+    """Refuse a pending request; audited (``officer`` as in `approve_request`)."""
     moment = now or utc_now()
     desk = OfficerDesk.open(node_dir)
     desk.expire(moment)
     decided = followup.refuse(desk.database, request_id, reason, moment)
-    desk.audit.append("request-refused", followup.audit_fields(decided, officer=_officer()))
+    desk.audit.append(
+        "request-refused", followup.audit_fields(decided, officer=officer or _officer())
+    )
     return decided
 
 
 def release_request(
-    node_dir: Path, request_id: str, reason: str, now: dt.datetime | None = None
+    node_dir: Path,
+    request_id: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    *,
+    officer: str | None = None,
 ) -> followup.FollowUpRow:
-    """Lift a freeze in force (`fedtrace node release`); audited."""
+    """Lift a freeze in force (`fedtrace node release`); audited (``officer`` as in
+    `approve_request`; the record names the login name only)."""
     moment = now or utc_now()
     desk = OfficerDesk.open(node_dir)
     desk.expire(moment)
-    officer = _officer()
-    released = followup_freeze.release(desk.database, request_id, reason, officer, moment)
-    desk.audit.append("request-released", followup.audit_fields(released, officer=officer))
+    login = _officer()
+    released = followup_freeze.release(desk.database, request_id, reason, login, moment)
+    desk.audit.append("request-released", followup.audit_fields(released, officer=officer or login))
     return released
+
+
+def console_officer(session_id: str) -> str:
+    """Who decided, for the audit entry of a console decision: login name and console session."""
+    return f"{_officer()} (console session {session_id})"
 
 
 def decision_line(row: followup.FollowUpRow) -> str:

@@ -4,8 +4,9 @@ The decision itself is `node.officer_requests.approve_request` / `refuse_request
 `release_request`, exactly as `fedtrace node approve|refuse|release` makes it: the
 policy in force is checked again, the row moves only from pending (a release only
 from frozen), and the decision is audited with the officer's login name. The
-console adds its session id (never the token or the cookie) to the decision's
-reason, so the audit entry names the console session that decided.
+console adds its session id (never the token or the cookie) to the audit entry's
+``officer``, so the trail names the console session that decided; the reason,
+which the partner reads in the signed record, stays the officer's words.
 
 Failures are typed for the API's status codes: `RequestUnknown` (404),
 `RequestNotPending` (409, including a request decided meanwhile elsewhere, and a
@@ -23,6 +24,7 @@ from fedtrace.errors import FedtraceError
 from node.console.data import ConsoleNode, RequestView, find_request
 from node.officer_requests import (
     approve_request,
+    console_officer,
     decision_line,
     refuse_request,
     release_request,
@@ -53,10 +55,6 @@ class Decided:
 
     request: RequestView
     summary: str
-
-
-def with_session(reason: str, session_id: str, default: str) -> str:
-    return f"{reason.strip() or default} (console session {session_id})"
 
 
 def _pending(node: ConsoleNode, request_id: str) -> RequestView:
@@ -108,8 +106,9 @@ def approve(
             node.node_dir,
             request_id,
             None if request.kind != "disclose" else fields,
-            with_session(reason, session_id, "approved by the officer"),
+            reason.strip() or "approved by the officer",
             now,
+            officer=console_officer(session_id),
         )
     except FedtraceError as exc:
         raise _failed(node, request_id, exc) from None
@@ -129,7 +128,9 @@ def refuse(
         raise DecisionInvalid("a refusal needs its reason")
     _check_reason(reason)
     try:
-        row = refuse_request(node.node_dir, request_id, with_session(reason, session_id, ""), now)
+        row = refuse_request(
+            node.node_dir, request_id, reason.strip(), now, officer=console_officer(session_id)
+        )
     except FedtraceError as exc:
         raise _failed(node, request_id, exc) from None
     return Decided(RequestView.from_row(row), decision_line(row))
@@ -155,7 +156,9 @@ def release(
         raise DecisionInvalid("a release needs its reason")
     _check_reason(reason)
     try:
-        row = release_request(node.node_dir, request_id, with_session(reason, session_id, ""), now)
+        row = release_request(
+            node.node_dir, request_id, reason.strip(), now, officer=console_officer(session_id)
+        )
     except FedtraceError as exc:
         current = find_request(node, request_id)
         if current is not None and not current.frozen:

@@ -166,4 +166,5 @@ def test_the_officer_approves_a_request_in_chromium(
     image = screenshot.read_bytes()
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000
     [entry] = [e for e in entries(node_dir / AUDIT_DIR) if e.get("event") == "request-approved"]
-    assert entry["request"] == request_id and "console session cs-" in entry["reason"]
+    assert entry["request"] == request_id and "console session cs-" in entry["officer"]
+    assert "console session" not in entry["reason"]
