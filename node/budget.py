@@ -13,6 +13,12 @@ aggregate grant, which also admits matches) never lifts a stricter grant's rate
 limit or budget for the queries both could admit. Windows
 slide: "50 a day" means at most 50 in any 24 hours, and a refusal names the
 moment enough earlier usage leaves the window for the request to fit.
+
+A grant's ``epsilon_lifetime`` (aggregates with noise) is checked in the same
+transaction: the epsilon charged to the partner on the dataset since the grant
+became valid, plus this request's, must fit; it never renews. A later step of an
+admitted request that tests more items (`recharge`) replaces its row in one
+transaction too, so a failed recharge leaves the ledger exactly as it was.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class LimitUse:
         used: object = int(self.used) if self.name != "epsilon" else round(self.used, 6)
         limit: object = int(self.limit) if self.name != "epsilon" else self.limit
         return {"used": used, "limit": limit, "per": self.per}
+
+
+LIFETIME = "lifetime"  # the name of an exhausted lifetime epsilon cap
 
 
 @dataclass(frozen=True)
@@ -149,46 +158,52 @@ def charge(
     several grants set it), or (use before, the limit that does not fit) without
     recording anything.
     """
+    return _in_transaction(
+        con, request_id, partner, dataset, kind, grants, cost, now, replace=False
+    )
+
+
+def recharge(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    request_id: str,
+    partner: str,
+    dataset: str,
+    kind: str,
+    grants: Sequence[Grant],
+    cost: Charge,
+    now: dt.datetime,
+) -> tuple[list[LimitUse], Exhausted | None]:
+    """Replace an admitted request's charge by `cost` (its whole cost now), as `charge` checks.
+
+    One transaction: the old row is removed, the limits checked without it and the new
+    row written; when a limit does not fit everything is rolled back, old row included.
+    """
+    return _in_transaction(con, request_id, partner, dataset, kind, grants, cost, now, replace=True)
+
+
+def _in_transaction(
+    con: duckdb.DuckDBPyConnection,
+    request_id: str,
+    partner: str,
+    dataset: str,
+    kind: str,
+    grants: Sequence[Grant],
+    cost: Charge,
+    now: dt.datetime,
+    *,
+    replace: bool,
+) -> tuple[list[LimitUse], Exhausted | None]:
     ensure_schema(con)
     now_ms = int(now.timestamp() * 1000)
-    limits = _limits(grants)
     con.execute("BEGIN TRANSACTION")
     try:
-        uses: list[LimitUse] = []
-        longest = max((window for _, _, window, _ in limits), default=0)
-        rows = (
-            con.execute(
-                "SELECT charged_at_ms, items, epsilon FROM policy_usage WHERE partner = ? AND "
-                "dataset = ? AND charged_at_ms > ? ORDER BY charged_at_ms",
-                [partner, dataset, now_ms - longest * 1000],
-            ).fetchall()
-            if limits
-            else []
-        )
-        for name, limit, window, per in limits:
-            start = now_ms - window * 1000
-            column = {"queries": None, "items": 1, "epsilon": 2}[name]
-            charges = [
-                (int(r[0]), 1.0 if column is None else float(r[column]))
-                for r in rows
-                if int(r[0]) > start
-            ]
-            need = {"queries": cost.queries, "items": cost.items, "epsilon": cost.epsilon}[name]
-            used = sum(amount for _, amount in charges)
-            if need > limit + 1e-9:
-                con.execute("ROLLBACK")
-                return uses, Exhausted(name, used, limit, need, per, None)
-            moment = renewal_ms(charges, window * 1000, limit, need, now_ms)
-            if moment is not None:
-                con.execute("ROLLBACK")
-                renews = dt.datetime.fromtimestamp(moment / 1000, dt.UTC)
-                return uses, Exhausted(name, used, limit, need, per, renews)
-            use = LimitUse(name, used + need, limit, per)
-            same = next((i for i, u in enumerate(uses) if u.name == name), None)
-            if same is None:
-                uses.append(use)
-            elif use.used / use.limit > uses[same].used / uses[same].limit:
-                uses[same] = use
+        if replace:
+            con.execute("DELETE FROM policy_usage WHERE request_id = ?", [request_id])
+        uses, exhausted = _check(con, partner, dataset, kind, grants, cost, now_ms)
+        if exhausted is not None:
+            con.execute("ROLLBACK")
+            return uses, exhausted
         con.execute(
             "INSERT INTO policy_usage VALUES (?, ?, ?, ?, ?, ?, ?)",
             [request_id, partner, dataset, kind, now_ms, cost.items, cost.epsilon],
@@ -201,6 +216,81 @@ def charge(
             pass
         raise
     return uses, None
+
+
+def _check(
+    con: duckdb.DuckDBPyConnection,
+    partner: str,
+    dataset: str,
+    kind: str,
+    grants: Sequence[Grant],
+    cost: Charge,
+    now_ms: int,
+) -> tuple[list[LimitUse], Exhausted | None]:
+    """The limits' use after `cost`, or the first limit it does not fit (inside a transaction)."""
+    limits = _limits(grants)
+    uses: list[LimitUse] = []
+    longest = max((window for _, _, window, _ in limits), default=0)
+    rows = (
+        con.execute(
+            "SELECT charged_at_ms, items, epsilon FROM policy_usage WHERE partner = ? AND "
+            "dataset = ? AND charged_at_ms > ? ORDER BY charged_at_ms",
+            [partner, dataset, now_ms - longest * 1000],
+        ).fetchall()
+        if limits
+        else []
+    )
+    for name, limit, window, per in limits:
+        start = now_ms - window * 1000
+        column = {"queries": None, "items": 1, "epsilon": 2}[name]
+        charges = [
+            (int(r[0]), 1.0 if column is None else float(r[column]))
+            for r in rows
+            if int(r[0]) > start
+        ]
+        need = {"queries": cost.queries, "items": cost.items, "epsilon": cost.epsilon}[name]
+        used = sum(amount for _, amount in charges)
+        if need > limit + 1e-9:
+            return uses, Exhausted(name, used, limit, need, per, None)
+        moment = renewal_ms(charges, window * 1000, limit, need, now_ms)
+        if moment is not None:
+            renews = dt.datetime.fromtimestamp(moment / 1000, dt.UTC)
+            return uses, Exhausted(name, used, limit, need, per, renews)
+        use = LimitUse(name, used + need, limit, per)
+        same = next((i for i, u in enumerate(uses) if u.name == name), None)
+        if same is None:
+            uses.append(use)
+        elif use.used / use.limit > uses[same].used / uses[same].limit:
+            uses[same] = use
+    if cost.epsilon > 0:
+        for grant in grants:
+            exhausted = _lifetime(con, partner, dataset, kind, grant, cost.epsilon)
+            if exhausted is not None:
+                return uses, exhausted
+    return uses, None
+
+
+def _lifetime(
+    con: duckdb.DuckDBPyConnection,
+    partner: str,
+    dataset: str,
+    kind: str,
+    grant: Grant,
+    need: float,
+) -> Exhausted | None:
+    """The grant's lifetime epsilon cap, if this request's `need` does not fit under it."""
+    if grant.epsilon_lifetime is None:
+        return None
+    since_ms = int(grant.valid_from.timestamp() * 1000) if grant.valid_from is not None else 0
+    row = con.execute(
+        "SELECT COALESCE(SUM(epsilon), 0) FROM policy_usage WHERE partner = ? AND "
+        "dataset = ? AND kind = ? AND charged_at_ms >= ?",
+        [partner, dataset, kind, since_ms],
+    ).fetchone()
+    spent = float(row[0]) if row is not None else 0.0
+    if spent + need <= grant.epsilon_lifetime + 1e-9:
+        return None
+    return Exhausted(LIFETIME, spent, grant.epsilon_lifetime, need, "lifetime", None)
 
 
 def refund(con: duckdb.DuckDBPyConnection, request_id: str) -> None:

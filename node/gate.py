@@ -147,6 +147,12 @@ def exhausted_message(
     exhausted: budget.Exhausted, partner: str, jurisdiction: str, dataset: str
 ) -> str:
     """One line saying which limit is used up and, when it can renew, when."""
+    if exhausted.name == budget.LIFETIME:
+        return (
+            f"{partner} has spent epsilon {exhausted.used:g} of the {exhausted.limit:g} its "
+            f"grant at {jurisdiction} allows over its lifetime on {dataset!r}; this query needs "
+            f"{exhausted.need:g}"
+        )
     unit = {"queries": "queries", "items": "items", "epsilon": "epsilon"}[exhausted.name]
     limit_name = {"queries": "rate limit", "items": "item budget", "epsilon": "epsilon budget"}[
         exhausted.name
@@ -333,12 +339,7 @@ class Gate:
         cost = budget.Charge(admission.cost.queries, total, admission.cost.epsilon)
         try:
             with self._ledger, self._database.session() as con:
-                budget.ensure_schema(con)
-                before = con.execute(
-                    "SELECT * FROM policy_usage WHERE request_id = ?", [admission.request_id]
-                ).fetchone()
-                budget.refund(con, admission.request_id)
-                limits, exhausted = budget.charge(
+                limits, exhausted = budget.recharge(
                     con,
                     request_id=admission.request_id,
                     partner=identity.jurisdiction,
@@ -348,10 +349,6 @@ class Gate:
                     cost=cost,
                     now=now,
                 )
-                if exhausted is not None and before is not None:
-                    con.execute(
-                        "INSERT INTO policy_usage VALUES (?, ?, ?, ?, ?, ?, ?)", list(before)
-                    )
         except Exception as exc:  # noqa: BLE001 - a ledger we cannot write answers nothing
             log.error("usage ledger unavailable: %s", exc)
             raise QueryRefused(

@@ -159,3 +159,63 @@ def test_renewal_of_a_sliding_window() -> None:
     assert budget.renewal_ms(charges, 10_000, 3, 1, 5_000) == 11_000
     assert budget.renewal_ms(charges, 10_000, 3, 2, 5_000) == 12_000
     assert budget.renewal_ms(charges, 10_000, 5, 1, 5_000) is None
+
+
+LIFETIME_POLICY = """jurisdiction = "EE"
+version = "lifetime-test"
+[[grant]]
+partners = ["FR"]
+datasets = ["wallets"]
+disclosure = "aggregate"
+max_items_per_query = 100
+aggregate_columns = ["total_in_eur"]
+clip = { total_in_eur = [0, 100000000] }
+min_cohort = 1
+epsilon_per_query = 1.0
+epsilon_budget = { epsilon = 100.0, per = "30d" }
+epsilon_lifetime = 2.0
+"""
+
+
+def _lifetime_grant() -> str:
+    return LIFETIME_POLICY
+
+
+def test_the_lifetime_cap_is_checked_in_the_charging_transaction(tmp_path: Path) -> None:
+    """Two aggregates that each passed a check made before admission cannot both spend the last
+    unit: the ledger's own transaction refuses the one over the lifetime cap."""
+    path = tmp_path / "policy.toml"
+    path.write_text(_lifetime_grant())
+    [grant] = load_policy(path).grants
+    database = NodeDatabase(tmp_path / "node.duckdb")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    cost = budget.Charge(queries=1, items=5, epsilon=1.0)
+    common = {"partner": "FR", "dataset": "wallets", "kind": "aggregate", "grants": [grant]}
+    with database.session() as con:
+        for index in range(2):
+            _, exhausted = budget.charge(con, request_id=f"r{index}", cost=cost, now=now, **common)
+            assert exhausted is None
+        _, exhausted = budget.charge(con, request_id="r2", cost=cost, now=now, **common)
+        assert exhausted is not None and exhausted.name == budget.LIFETIME
+        assert (exhausted.used, exhausted.limit, exhausted.renews_at) == (2.0, 2.0, None)
+        rows = con.execute("SELECT request_id FROM policy_usage ORDER BY 1").fetchall()
+    assert rows == [("r0",), ("r1",)]
+
+
+def test_a_recharge_that_does_not_fit_leaves_the_ledger_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(_lifetime_grant() + 'item_budget = { items = 8, per = "1d" }\n')
+    [grant] = load_policy(path).grants
+    database = NodeDatabase(tmp_path / "node.duckdb")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    common = {"partner": "FR", "dataset": "wallets", "kind": "aggregate", "grants": [grant]}
+    with database.session() as con:
+        first = budget.Charge(queries=1, items=5, epsilon=0.0)
+        assert budget.charge(con, request_id="r0", cost=first, now=now, **common)[1] is None
+        more = budget.Charge(queries=1, items=9, epsilon=0.0)
+        _, exhausted = budget.recharge(con, request_id="r0", cost=more, now=now, **common)
+        assert exhausted is not None and exhausted.name == "items"
+        assert con.execute("SELECT request_id, items FROM policy_usage").fetchall() == [("r0", 5)]
+        fits = budget.Charge(queries=1, items=7, epsilon=0.0)
+        assert budget.recharge(con, request_id="r0", cost=fits, now=now, **common)[1] is None
+        assert con.execute("SELECT request_id, items FROM policy_usage").fetchall() == [("r0", 7)]
