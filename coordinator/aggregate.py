@@ -33,8 +33,10 @@ from coordinator.figures import (
     node_figures,
     sum_figures,
 )
+from coordinator.heads import HeadWitness
 from coordinator.progress import Progress, silent
-from coordinator.results import NodeFailure, NodeResult
+from coordinator.results import NodeFailure, NodeResult, policy_digest
+from coordinator.sealing import IndicatorSealing, Sealer
 from coordinator.transport import Connections, NodeConnection
 from fedtrace import group, psi
 from fedtrace.aggregate import (
@@ -56,7 +58,7 @@ from fedtrace.he import PARAMETER_SET, HeError, SecretHeContext
 from fedtrace.items import item_bytes
 from fedtrace.pki import verify_signature
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import SIGNATURE_ALGORITHM
+from fedtrace.transcript import SIGNATURE_ALGORITHM, TRANSCRIPT_VERSION
 from fedtrace.v1 import aggregate_pb2, node_pb2
 from fedtrace.wire import CHUNK_BYTES, Level, NodeStatus, batched
 
@@ -88,6 +90,7 @@ class _RoundOne:
     positions: list[int]
     request_sha256: str
     response_sha256: str
+    sealing: IndicatorSealing | None = None  # round 2's sealed openings, if a grant names monitors
 
 
 def _tags(
@@ -153,9 +156,12 @@ def _round_one(
     cache: TagCache,
     deadline: Deadline,
     report: Progress,
+    heads: HeadWitness,
+    sealer: Sealer | None = None,
 ) -> _RoundOne:
     for attempt in range(2):
         info, node_cert = checked_info(entry, connection, deadline, trust, report)
+        heads.check(entry.name, info, node_cert)
         dataset = dataset_info(entry, info, query.dataset)
         epoch_id = checked_epoch_id(entry.name, dataset.epoch_id)
         missing = [c for c in query.columns if c not in dataset.aggregate_columns]
@@ -183,6 +189,19 @@ def _round_one(
                 total_only=query.total_only,
                 epsilon=query.epsilon,
             )
+            sealing = None
+            if sealer is not None and dataset.monitors:
+                opened, sealing = sealer.aggregate_round_one(
+                    entry.name,
+                    dataset,
+                    epoch_id,
+                    context,
+                    query.investigator,
+                    blinded.blinded,
+                    [item_bytes("wallet", item) for item in query.items],
+                    blinded.scalar,
+                )
+                header.openings.extend(opened)
             sent = b"".join(blinded.blinded)
             report(entry.name, f"evaluating {len(blinded.blinded):,} blinded items")
             summary: aggregate_pb2.AggregateSummary | None = None
@@ -250,6 +269,7 @@ def _round_one(
             positions=match_positions(tags, unblinded),
             request_sha256=hashlib.sha256(sent).hexdigest(),
             response_sha256=digest.hexdigest(),
+            sealing=sealing,
         )
     raise NodeFailure(NodeStatus.ERROR, "the node's epoch changed twice during the query")
 
@@ -274,6 +294,7 @@ def _round_two(
     total_nonce: bytes,
     deadline: Deadline,
     report: Progress,
+    heads: HeadWitness,
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Send the encrypted indicator, check the signed transcript, decrypt (masked if total-only)."""
     entry, summary = one.entry, one.summary
@@ -290,6 +311,12 @@ def _round_two(
         he_parameter_set=PARAMETER_SET,
         public_context_bytes=len(public_blob),
     )
+    if one.sealing is not None:
+        header.openings.extend(
+            one.sealing.openings(
+                indicators, summary.query_id, secret, summary.row_count, one.positions
+            )
+        )
     report(entry.name, "waiting for the encrypted sums")
     answers: list[tuple[str, bytes]] = []
     trailer: aggregate_pb2.AggregateTrailer | None = None
@@ -324,9 +351,7 @@ def _round_two(
         total_only=summary.total_only,
         min_cohort=summary.min_cohort,
         epsilon=summary.epsilon,
-        figures=tuple(
-            FigureTerms(n.figure, n.decimals, n.scale, n.half_width_95) for n in summary.noise
-        ),
+        figures=tuple(FigureTerms.from_noise(n) for n in summary.noise),
         request_sha256=one.request_sha256,
         response_sha256=one.response_sha256,
         public_context_sha256=public_sha.hex(),
@@ -336,6 +361,8 @@ def _round_two(
         total_nonce=total_nonce.hex(),
         he_parameter_set=PARAMETER_SET,
         answering_set_sha256=_set_digest(peers, total_nonce),
+        policy_sha256=policy_digest(entry.name, summary.policy_sha256),
+        v=TRANSCRIPT_VERSION,
     )
     digest = transcript.digest()
     if trailer.transcript_sha256 != digest or not verify_signature(
@@ -345,6 +372,7 @@ def _round_two(
             NodeStatus.ERROR,
             f"{entry.name}'s signature does not match the exchange; the answer was discarded",
         )
+    heads.check(entry.name, trailer, one.node_cert, answer=True)
     try:
         values = {name: secret.decrypt_sum(blob) for name, blob in answers}
     except HeError as exc:
@@ -383,9 +411,13 @@ def run_aggregate(
     failures: dict[str, NodeResult] = {}
     rounds: dict[str, _RoundOne] = {}
     seconds: dict[str, float] = {}
+    heads = HeadWitness()
+    sealer = Sealer(federation)
 
     def first(entry: NodeEntry, connection: NodeConnection) -> _RoundOne:
-        return _round_one(entry, connection, query, blinded, trust, tags, deadline, report)
+        return _round_one(
+            entry, connection, query, blinded, trust, tags, deadline, report, heads, sealer
+        )
 
     for outcome in fan_out(entries, connections, deadline, first, report, report_status=False):
         seconds[outcome.entry.name] = outcome.seconds
@@ -434,7 +466,9 @@ def run_aggregate(
         entry: NodeEntry, connection: NodeConnection
     ) -> tuple[dict[str, int], dict[str, Any]]:
         one = rounds[entry.name]
-        return _round_two(one, query, secret, public_blob, peers, total_nonce, deadline, report)
+        return _round_two(
+            one, query, secret, public_blob, peers, total_nonce, deadline, report, heads
+        )
 
     answering = [entry for entry in entries if entry.name in rounds]
     # Round 2 is not retried: the node settled round 1's query id when it first answered.
@@ -465,8 +499,10 @@ def run_aggregate(
                 NodeStatus.OK,
                 disclosure=Level.AGGREGATE.label,
                 policy_version=one.summary.policy_version,
+                policy_sha256=one.summary.policy_sha256.hex(),
                 epoch_id=one.summary.epoch_id,
                 signature=signature,
+                audit_head=heads.latest(entry.name),
             )
             result = AggregateResult(
                 node,

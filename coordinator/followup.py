@@ -19,9 +19,11 @@ from typing import Any
 from coordinator.case_record import SignedRecord, check_record, value_text
 from coordinator.fanout import Deadline, NodeTrust, checked_info, fan_out
 from coordinator.federation import Federation, NodeEntry
+from coordinator.heads import HeadWitness
 from coordinator.progress import Progress, silent
-from coordinator.results import NodeFailure
+from coordinator.results import NodeFailure, head_json
 from coordinator.transport import Connections, NodeConnection
+from fedtrace.audit_head import SignedHead
 from fedtrace.errors import FedtraceError
 from fedtrace.followup import KIND_DISCLOSE, KIND_FREEZE, FollowUpRecord, record_digest, state_label
 from fedtrace.identifiers import InvalidIdentifier, canonical_address, parse_person
@@ -77,6 +79,7 @@ class FollowUpResult:
     status: NodeStatus
     reason: str = ""
     requests: list[SignedRecord] = field(default_factory=list)
+    audit_head: SignedHead | None = None  # the node's signed audit head after its answer
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": self.node, "status": self.status}
@@ -91,6 +94,7 @@ class FollowUpResult:
             out["state"] = only.record.state
             out["policy_version"] = only.record.policy_version
             out["signature"] = dict(only.signature)
+        out.update(head_json(self.audit_head))
         return out
 
 
@@ -145,7 +149,9 @@ def submit_request(
     deadline = Deadline.after(federation.deadline_seconds)
 
     def exchange(entry: NodeEntry, connection: NodeConnection) -> FollowUpResult:
-        info, _ = checked_info(entry, connection, deadline, trust, progress)
+        heads = HeadWitness()
+        info, cert = checked_info(entry, connection, deadline, trust, progress)
+        heads.check(entry.name, info, cert)
         dataset = next((d for d in info.datasets if d.name == ask.dataset), None)
         if dataset is None:
             names = ", ".join(d.name for d in info.datasets) or "none"
@@ -179,7 +185,8 @@ def submit_request(
         )
         if mismatch:
             raise NodeFailure(NodeStatus.ERROR, f"{entry.name} signed a record of another request")
-        return FollowUpResult(entry.name, NodeStatus.OK, requests=[signed])
+        head = heads.check(entry.name, answer, bytes(answer.certificate_pem), answer=True)
+        return FollowUpResult(entry.name, NodeStatus.OK, requests=[signed], audit_head=head)
 
     # Not retried: a second submission would be a second request.
     [outcome] = fan_out([entry], connections, deadline, exchange, progress, retry=False)
@@ -204,10 +211,15 @@ def request_status(
             requests_pb2.FollowUpStatusRequest(case_ref=case_ref, request_id=request_id),
             deadline.remaining(),
         )
-        signed = [_verified(entry.name, m, trust) for m in messages]
+        heads = HeadWitness()
+        signed = []
+        for message in messages:
+            signed.append(_verified(entry.name, message, trust))
+            heads.check(entry.name, message, bytes(message.certificate_pem))
         if any(s.record.case_ref != case_ref for s in signed):
             raise NodeFailure(NodeStatus.ERROR, f"{entry.name} answered records of another case")
-        return FollowUpResult(entry.name, NodeStatus.OK, requests=signed)
+        head = heads.latest(entry.name)
+        return FollowUpResult(entry.name, NodeStatus.OK, requests=signed, audit_head=head)
 
     return [_outcome_result(o) for o in fan_out(entries, connections, deadline, exchange, progress)]
 

@@ -31,16 +31,18 @@ import grpc
 
 from coordinator.fanout import Deadline, NodeTrust, fan_out
 from coordinator.federation import Federation, NodeEntry
+from coordinator.heads import HeadWitness
 from coordinator.progress import Progress, silent
-from coordinator.results import NodeFailure, rpc_failure
+from coordinator.results import NodeFailure, policy_digest, rpc_failure
 from coordinator.transport import Connections, NodeConnection
 from fedtrace import group, overlap_ring
 from fedtrace import overlap as overlap_protocol
+from fedtrace.audit_head import SignedHead
 from fedtrace.errors import FedtraceError
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import verify_signature
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import SIGNATURE_ALGORITHM
+from fedtrace.transcript import SIGNATURE_ALGORITHM, TRANSCRIPT_VERSION
 from fedtrace.v1 import node_pb2, overlap_pb2
 from fedtrace.wire import Level, NodeStatus
 
@@ -70,10 +72,12 @@ class OverlapNodeResult:
     reveal_to_owner: bool | None = None
     min_cohort: int | None = None
     policy_version: str = ""
+    policy_sha256: str = ""  # hex: the policy file the node joined under
     identifier_kind: str = ""
     shared_records: int | None = None  # own records the node stored (reveal overlap)
     signature: dict[str, Any] | None = None
     seconds: float = 0.0
+    audit_head: SignedHead | None = None  # the node's signed audit head after its close entry
     certificate_pem: bytes = field(default=b"", repr=False)
     join_signature: bytes = field(default=b"", repr=False)  # forwarded to the others at open
 
@@ -323,6 +327,8 @@ class RelayRecorder:
             notices_sha256=self.sha256("coordinator", node, node) if plan.reveal else "",
             min_cohort=result.min_cohort or 1,
             reveal_to_owner=bool(result.reveal_to_owner),
+            policy_sha256=result.policy_sha256,
+            v=TRANSCRIPT_VERSION,
         )
 
 
@@ -481,6 +487,7 @@ def _joined(
         reveal_to_owner=bool(response.reveal_to_owner),
         min_cohort=max(1, int(response.min_cohort)),
         policy_version=response.policy_version,
+        policy_sha256=policy_digest(entry.name, bytes(response.policy_sha256)),
         identifier_kind=response.identifier_kind,
         certificate_pem=certificate,
         join_signature=bytes(response.join_signature),
@@ -551,3 +558,8 @@ def _check_transcript(
             f"{result.node}'s overlap transcript does not match what the coordinator "
             "relayed, or its signature does not verify; the overlap is not trusted"
         )
+    if result.status == NodeStatus.OK:
+        try:
+            result.audit_head = HeadWitness().check(result.node, response, result.certificate_pem)
+        except NodeFailure as exc:
+            result.status, result.reason = NodeStatus.ERROR, str(exc)

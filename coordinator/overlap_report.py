@@ -18,6 +18,7 @@ from rich import box
 from rich.table import Table
 
 from coordinator.overlap import OverlapNodeResult, OverlapOutcome
+from coordinator.results import head_json
 from coordinator.tables import text_console, text_of, titled_table
 from fedtrace.wire import NodeStatus
 
@@ -34,7 +35,10 @@ def result_json(result: OverlapNodeResult) -> dict[str, Any]:
             out[name] = value
     if result.policy_version:
         out["policy_version"] = result.policy_version
+    if result.policy_sha256:
+        out["policy_sha256"] = result.policy_sha256
     out["signature"] = result.signature
+    out.update(head_json(result.audit_head))
     out["seconds"] = result.seconds
     return out
 

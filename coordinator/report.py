@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.results import NodeResult
+from coordinator.results import NodeResult, head_json
 from coordinator.tables import text_console, text_of, titled_table
 from fedtrace.wire import NodeStatus
 
@@ -59,12 +59,15 @@ def result_json(result: NodeResult) -> dict[str, Any]:
         out["matched"] = result.matched
     if result.policy_version:
         out["policy_version"] = result.policy_version
+    if result.policy_sha256:
+        out["policy_sha256"] = result.policy_sha256
     if result.epoch_id:
         out["epoch_id"] = result.epoch_id
     if result.false_positive_rate is not None and result.status == NodeStatus.OK:
         out["false_positive_rate"] = result.false_positive_rate
         out["expected_false_hits"] = result.expected_false_hits
     out["signature"] = result.signature
+    out.update(head_json(result.audit_head))
     out["seconds"] = result.seconds
     return out
 

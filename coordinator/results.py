@@ -15,10 +15,12 @@ from typing import Any
 import grpc
 
 from coordinator.federation import NodeEntry
+from fedtrace.audit_head import SignedHead
 from fedtrace.wire import RENEWS_AT_METADATA, NodeStatus
 
 # What a node's refusal message calls each limit that can be used up (node.gate).
 _LIMIT_NAMES = ("rate limit", "item budget", "epsilon budget")
+POLICY_SHA256_BYTES = 32
 
 
 @dataclass
@@ -32,9 +34,11 @@ class NodeResult:
     match_count: int | None = None
     matched: list[str] | None = None
     policy_version: str = ""
+    policy_sha256: str = ""  # hex: the node's policy file, as its signed transcript binds it
     epoch_id: str = ""
     signature: dict[str, Any] | None = None
     seconds: float = 0.0
+    audit_head: SignedHead | None = None  # the node's signed audit head after this answer
     # A match answer tested `tested_items` against a filter of false-positive rate 2^-bits.
     tested_items: int | None = None
     false_positive_bits: int | None = None
@@ -52,12 +56,28 @@ class NodeResult:
         return None if rate is None or self.tested_items is None else self.tested_items * rate
 
 
+def head_json(head: SignedHead | None) -> dict[str, Any]:
+    """``{"audit_head": {...}}`` for a result's JSON, or {} when it has no head."""
+    return {} if head is None else {"audit_head": head.to_dict()}
+
+
 class NodeFailure(Exception):
     """A node's exchange stopped: its status (denied, unavailable, error) and the reason."""
 
     def __init__(self, status: NodeStatus, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+def policy_digest(node: str, digest: bytes) -> str:
+    """The hex SHA-256 of the policy file a node's answer names; an error unless 32 bytes."""
+    if len(digest) != POLICY_SHA256_BYTES:
+        raise NodeFailure(
+            NodeStatus.ERROR,
+            f"{node}'s answer does not give the SHA-256 of the policy file it answered under "
+            f"({len(digest)} bytes, not {POLICY_SHA256_BYTES}); is it running this version?",
+        )
+    return digest.hex()
 
 
 def renews_at(exc: grpc.RpcError) -> str | None:

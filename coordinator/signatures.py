@@ -2,8 +2,10 @@
 
 `sign_report` adds `investigator_signature` over everything else in a report;
 `check_node_signature` checks one node's signature over any kind of transcript it
-signs (match, aggregate, overlap); `ReportVerification` collects what a verifier
-found, line by line.
+signs (match, aggregate, overlap); `policy_mismatches` compares the policy file digest
+a result shows with the one its transcript binds; `check_audit_head` checks the signed
+audit head a result carries; `ReportVerification` collects what a verifier found, line
+by line.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fedtrace.aggregate_transcript import AggregateTranscript
+from fedtrace.audit_head import SignedHead
 from fedtrace.overlap_transcript import OverlapTranscript
 from fedtrace.pki import (
     ROLE_NODE,
@@ -27,13 +31,14 @@ from fedtrace.pki import (
     verify_signature,
 )
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
+from fedtrace.transcript import SIGNATURE_ALGORITHM, TRANSCRIPT_VERSION, Transcript
 
 # Every kind of transcript a node signs; check_node_signature checks any of them.
 SignedTranscript = TypeVar("SignedTranscript", Transcript, AggregateTranscript, OverlapTranscript)
 
 REPORT_DOMAIN = b"fedtrace-report-v1\x00"
 INVESTIGATOR_SIGNATURE = "investigator_signature"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def report_digest(report: Mapping[str, Any]) -> bytes:
@@ -132,3 +137,41 @@ def check_node_signature(
         )
         return None
     return transcript, identity
+
+
+def policy_mismatches(result: Mapping[str, Any], transcript: SignedTranscript) -> list[str]:
+    """The policy file SHA-256 a result shows against the one its transcript binds.
+
+    A version-2 transcript binds the SHA-256 of the node's policy file; a version-1
+    transcript binds none, and its result shows none.
+    """
+    shown, signed = result.get("policy_sha256", ""), transcript.policy_sha256
+    if transcript.v >= TRANSCRIPT_VERSION and not _SHA256_HEX.fullmatch(signed):
+        return [f"the node signed {signed!r}, not the SHA-256 of a policy file"]
+    if shown != signed:
+        return [f"policy_sha256 shows {shown!r} but the node signed {signed!r}"]
+    return []
+
+
+def check_audit_head(node: str, result: Mapping[str, Any], outcome: ReportVerification) -> bool:
+    """The result's signed audit head, if it carries one, is `node`'s under the certificate
+    that signed its transcript (checked first, by `check_node_signature`).
+
+    Reports written before heads existed carry none: nothing to check.
+    """
+    document = result.get("audit_head")
+    if document is None:
+        return True
+    signature = result.get("signature")
+    certificate_pem = (
+        str(signature.get("certificate_pem", "")).encode() if isinstance(signature, dict) else b""
+    )
+    try:
+        head = SignedHead.from_dict(document)
+    except ValueError as exc:
+        outcome.fail(f"{node}: its audit head is malformed: {exc}")
+        return False
+    if head.jurisdiction != node or not head.verifies(certificate_pem):
+        outcome.fail(f"{node}: signed audit head does not verify")
+        return False
+    return True

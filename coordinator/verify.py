@@ -5,8 +5,8 @@ For every result a node answered, the node signed a transcript of the exchange
 checks the node's certificate chains to the federation CA (at the time the
 query was sent), that the certificate names the node the result is from, that
 the signature is the node's, and that the result's visible fields (node,
-disclosure, policy version, epoch, case, dataset, legal basis) agree with what
-the node signed.
+disclosure, policy version and policy file SHA-256, epoch, case, dataset, legal
+basis) agree with what the node signed.
 
 What a node signature proves, and what it does not: the node cannot know which
 items matched (the coordinator computes that from the unblinded answer and the
@@ -31,12 +31,17 @@ from typing import Any
 
 from coordinator.case_record import verify_case_record
 from coordinator.certificates import check_investigator
-from coordinator.signatures import ReportVerification, check_node_signature
+from coordinator.signatures import (
+    ReportVerification,
+    check_audit_head,
+    check_node_signature,
+    policy_mismatches,
+)
 from coordinator.verify_kinds import verify_aggregate_results, verify_overlap_results
 from fedtrace.errors import ConfigError
 from fedtrace.followup import EXPORT_DOCUMENT
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import OPTIONAL_FIELDS, Transcript
+from fedtrace.transcript import OPTIONAL_FIELDS, Transcript, check_since_v2, check_version
 from fedtrace.wire import Level, NodeStatus
 
 _MEMBERSHIP_LEVELS = (Level.MEMBERSHIP.label, Level.DISCLOSURE_REQUEST.label)
@@ -51,6 +56,7 @@ def _transcript(document: object) -> Transcript:
         or not set(document) <= set(_FIELD_TYPES)
     ):
         raise ValueError("its transcript does not have exactly the transcript fields")
+    check_since_v2(document, _FIELD_TYPES, check_version(document))
     for name, kind in _FIELD_TYPES.items():
         if name not in document:
             continue  # an optional field a transcript from before it existed omits
@@ -78,6 +84,8 @@ def _check_result(
     if checked is None:
         return None
     transcript, identity = checked
+    if not check_audit_head(node, result, outcome):
+        return None
     mismatches = []
     expected = {
         "node": (node, transcript.jurisdiction),
@@ -91,6 +99,7 @@ def _check_result(
     for name, (shown, signed) in expected.items():
         if shown != signed:
             mismatches.append(f"{name} shows {shown!r} but the node signed {signed!r}")
+    mismatches += policy_mismatches(result, transcript)
     count = result.get("match_count")
     matched = result.get("matched")
     if (

@@ -7,9 +7,10 @@ transcript, digest, signature and the node's certificate in every result. Here,
 for every ``ok`` result: the transcript has exactly its fields and types, its
 digest matches, the certificate chains to the federation CA at the time the
 query was sent and names that node with role node, the signature is the node's,
-and every visible field the node signed (node, disclosure, policy version,
-epoch or overlap id, case, dataset, legal basis, min cohort, noise scales and
-intervals, roster, set size…) agrees with the transcript. Then the report-level
+and every visible field the node signed (node, disclosure, policy version and
+policy file SHA-256, epoch or overlap id, case, dataset, legal basis, min cohort,
+noise scales and intervals, roster, set size…) agrees with the transcript; a
+version-2 aggregate transcript also binds each figure's clip bounds. Then the report-level
 figures are checked against what the nodes signed, as far as signed terms bound
 them (suppression below ``min_cohort``, the total-only answering set, a count
 never above a signed set size). The figures themselves (decrypted sums, overlap
@@ -25,10 +26,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from coordinator.figures import Figure, sum_figures
-from coordinator.signatures import ReportVerification, check_node_signature
+from coordinator.signatures import (
+    ReportVerification,
+    check_audit_head,
+    check_node_signature,
+    policy_mismatches,
+)
 from fedtrace.aggregate import COUNT_COLUMN
 from fedtrace.aggregate_transcript import AggregateTranscript, FigureTerms
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
+from fedtrace.transcript import LEGACY_VERSION, SINCE_V2, check_since_v2, check_version
 from fedtrace.v1 import aggregate_pb2
 from fedtrace.wire import NodeStatus
 
@@ -40,14 +47,27 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 }
 _NESTED: dict[str, type] = {"figures": FigureTerms, "hops": OverlapHop}
 _FIGURE_KEYS = ("match_count", "aggregates", "noise_scale", "interval_95")
+# A transcript signed before its serialisation version was recorded omits it (version 1).
+_OPTIONAL = frozenset({"v"})
 
 
-def _check_fields(document: object, cls: type, where: str) -> None:
-    """Exactly the dataclass's fields, each of its JSON type (ValueError naming the first)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(document, dict) or set(document) != set(names):
+def _check_fields(document: object, cls: type, where: str, version: int = LEGACY_VERSION) -> None:
+    """Exactly the dataclass's fields, each of its JSON type (ValueError naming the first).
+
+    ``version`` is the enclosing transcript's, for a nested document (a figure's terms):
+    the fields version 2 added are required from it, and absent or unset before it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(document, dict):
+        raise ValueError(f"{where} does not have exactly the {cls.__name__} fields")
+    if "v" in names:
+        version = check_version(document)
+    check_since_v2(document, names, version, where)
+    optional = _OPTIONAL | (SINCE_V2 if version == LEGACY_VERSION else frozenset())
+    if not names - optional <= set(document) <= names:
         raise ValueError(f"{where} does not have exactly the {cls.__name__} fields")
     for f in dataclasses.fields(cls):
+        if f.name not in document:
+            continue  # an optional field, absent from a transcript signed before it existed
         value, kind = document[f.name], str(f.type)
         if kind in _SCALARS:
             ok = isinstance(value, _SCALARS[kind]) and (
@@ -55,14 +75,25 @@ def _check_fields(document: object, cls: type, where: str) -> None:
             )
         elif kind == "tuple[str, ...]":
             ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        elif kind == "tuple[int, int] | None":  # a figure's clip bounds: [lo, hi] or null
+            ok = value is None or _is_bounds(value)
         elif f.name in _NESTED:
             ok = isinstance(value, list | tuple)  # lists in JSON, tuples from asdict()
             for index, item in enumerate(value if ok else []):
-                _check_fields(item, _NESTED[f.name], f"{where} {f.name}[{index}]")
+                _check_fields(item, _NESTED[f.name], f"{where} {f.name}[{index}]", version)
         else:  # pragma: no cover - a transcript field type this module does not know
             raise AssertionError(f"{cls.__name__}.{f.name}: {kind}")
         if not ok:
             raise ValueError(f"{where} field {f.name!r} is not a {kind}")
+
+
+def _is_bounds(value: object) -> bool:
+    """``[lo, hi]``: two integers, lo <= hi."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return False
+    lo, hi = value
+    integers = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+    return integers and lo <= hi
 
 
 def load_aggregate_transcript(document: object) -> AggregateTranscript:
@@ -214,6 +245,8 @@ def _check_aggregate_result(
     if checked is None:
         return None
     transcript, identity = checked
+    if not check_audit_head(node, result, outcome):
+        return None
     pairs = _context(result, report, node, transcript)
     pairs["epoch_id"] = (result.get("epoch_id"), transcript.epoch_id)
     pairs["min_cohort"] = (result.get("min_cohort"), transcript.min_cohort)
@@ -225,7 +258,7 @@ def _check_aggregate_result(
     if isinstance(watchlist, dict):
         pairs["watchlist items"] = (watchlist.get("items"), transcript.item_count)
     pairs["total_only"] = ("total" in report, transcript.total_only)
-    problems = _differences(pairs)
+    problems = _differences(pairs) + policy_mismatches(result, transcript)
     if [t.figure for t in transcript.figures[:1]] != [COUNT_COLUMN]:
         problems.append(f"the node's first signed figure is not {COUNT_COLUMN}")
     elif transcript.total_only:
@@ -323,6 +356,8 @@ def _check_overlap_result(
     if checked is None:
         return None
     transcript, identity = checked
+    if not check_audit_head(node, result, outcome):
+        return None
     overlap = _overlap_section(report)
     pairs = _context(result, report, node, transcript)
     pairs.update(
@@ -335,7 +370,7 @@ def _check_overlap_result(
             "reveal_to_owner": (result.get("reveal_to_owner"), transcript.reveal_to_owner),
         }
     )
-    problems = _differences(pairs)
+    problems = _differences(pairs) + policy_mismatches(result, transcript)
     if node not in transcript.roster:
         problems.append(f"the node signed a roster without itself ({list(transcript.roster)!r})")
     if transcript.reveal and not transcript.reveal_to_owner:

@@ -3,7 +3,8 @@
 The investigator holds a ``SecretHeContext``; the node gets only a
 ``PublicHeContext`` (parameters, public key and relinearisation keys; no secret
 key). They are different types with no common base, so a secret key has no path
-into a message. The secret key is never serialised.
+into a message. The secret key is serialised only into a sealed opening, encrypted
+to a monitor (``SecretHeContext.secret_key_bytes``).
 
 The node's answer per figure is ``Σ_chunks ind ⊙ column + r ⊙ (ind² − ind)``:
 
@@ -341,9 +342,13 @@ def _seal_header(size_after: int) -> bytes:
 class SecretHeContext:
     """The investigator's key pair for one query (or session); the secret key stays in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret_key_blob: bytes = b"") -> None:
         self._context = _context(_parameters())
-        keys = seal.KeyGenerator(self._context)
+        keys = (
+            seal.KeyGenerator(self._context, _load(seal.SecretKey, self._context, secret_key_blob))
+            if secret_key_blob
+            else seal.KeyGenerator(self._context)
+        )
         self._secret_key = keys.secret_key()
         # TenSEAL binds no Serializable<PublicKey/RelinKeys>, so the keys go out unseeded.
         public_key, relin_keys = seal.PublicKey(), seal.RelinKeys()
@@ -365,6 +370,18 @@ class SecretHeContext:
     @property
     def plain_modulus(self) -> int:
         return PLAIN_MODULUS
+
+    def secret_key_bytes(self) -> bytes:
+        """SEAL's serialisation of the secret key, only for a sealed opening to a monitor
+        (``fedtrace.opening``); ``from_secret_key`` rebuilds a context that decrypts."""
+        return _save(self._secret_key)
+
+    @classmethod
+    def from_secret_key(cls, blob: bytes) -> SecretHeContext:
+        """The context of a ``secret_key_bytes`` blob (fresh public keys, same decryption)."""
+        if not blob:
+            raise HeError("an empty HE secret key")
+        return cls(blob)
 
     def public(self) -> PublicHeContext:
         return PublicHeContext(self._public_blob, self._relin_blob)

@@ -6,13 +6,20 @@ received (its initial set, each relay hop, the notices). The coordinator
 rebuilds the same document from the messages it relayed (it saw every one) and
 checks the signature with the node's certificate. Only digests and counts: no
 point and no identifier.
+
+From version 2 (``v``) the signed bytes are RFC 8785 canonical JSON and bind
+``policy_sha256``, the SHA-256 (hex) of the policy file the node joined under (as its
+join answer gave it); a document without ``v`` is a version-1 transcript, signed as
+before, without it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedtrace.transcript import LEGACY_VERSION, serialise
 
 OVERLAP_TRANSCRIPT_DOMAIN = b"fedtrace-overlap-transcript-v1\x00"
 
@@ -48,9 +55,18 @@ class OverlapTranscript:
     notices_sha256: str = ""  # reveal only: SHA-256 of the notices the node received
     min_cohort: int = 1  # the node's grant: counts below it are shown as "< k"
     reveal_to_owner: bool = False  # the node's grant: whether it asked to learn its shared items
+    policy_sha256: str = ""  # SHA-256 (hex) of the node's policy file; version 2 only
+    # The serialisation: both sides build version 2; a document without it is version 1.
+    v: int = LEGACY_VERSION
+
+    def signed_fields(self) -> dict[str, Any]:
+        document = asdict(self)
+        if self.v == LEGACY_VERSION:
+            del document["v"], document["policy_sha256"]
+        return document
 
     def canonical_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return serialise(self.signed_fields(), self.v)
 
     def digest(self) -> bytes:
         return hashlib.sha256(OVERLAP_TRANSCRIPT_DOMAIN + self.canonical_json()).digest()

@@ -2,7 +2,7 @@
 
 The federation secretariat runs one CA (`init_ca`) and admits members by issuing
 each a certificate (`issue`) that names the holder's jurisdiction code
-(subject CN) and role (subject OU, ``node`` or ``investigator``). Nodes and
+(subject CN) and role (subject OU, ``node``, ``investigator`` or ``monitor``). Nodes and
 coordinators authenticate each other with these certificates over mutual TLS;
 the TLS name a coordinator expects from a node is `server_name`. Nodes sign
 their results with the same key (`sign`, `verify_signature`).
@@ -33,7 +33,8 @@ from fedtrace.errors import FedtraceError
 
 ROLE_NODE = "node"
 ROLE_INVESTIGATOR = "investigator"
-ROLES = (ROLE_NODE, ROLE_INVESTIGATOR)
+ROLE_MONITOR = "monitor"  # a supervisor who opens sealed openings; never a query partner
+ROLES = (ROLE_NODE, ROLE_INVESTIGATOR, ROLE_MONITOR)
 
 ORGANIZATION = "fedtrace"
 SERVER_NAME_SUFFIX = "fedtrace"
@@ -55,6 +56,7 @@ _JURISDICTION_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
 _ROLE_EKUS: dict[str, frozenset[x509.ObjectIdentifier]] = {
     ROLE_NODE: frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
     ROLE_INVESTIGATOR: frozenset({ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ROLE_MONITOR: frozenset({ExtendedKeyUsageOID.CLIENT_AUTH}),
 }
 _PRIVATE_FILE_MODE = 0o600
 _PUBLIC_FILE_MODE = 0o644
@@ -397,7 +399,7 @@ def verify_issued_by(cert_pem: bytes, ca_pem: bytes, *, at: dt.datetime | None =
     except x509.ExtensionNotFound:
         usages = set()
     required = _ROLE_EKUS[identity.role]
-    forbidden = {ExtendedKeyUsageOID.SERVER_AUTH} if identity.role == ROLE_INVESTIGATOR else set()
+    forbidden = {ExtendedKeyUsageOID.SERVER_AUTH} if identity.role != ROLE_NODE else set()
     if not required <= usages or usages & forbidden:
         raise InvalidCertificate(
             f"{who} has extended key usages that do not fit its role "

@@ -456,7 +456,9 @@ class PendingAggregate:
     nonce: str  # hex
     timestamp_unix_ms: int
     policy_version: str
+    policy_sha256: str = ""  # hex: the policy file round 1 was admitted under
     total: TotalOnlyRound | None = None  # total-only: this node's agreement key and salt
+    monitors: tuple[str, ...] = ()  # monitors whose sealed openings round 2 needs
     created: float = field(default_factory=time.monotonic)
 
 

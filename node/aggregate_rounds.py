@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from fedtrace.aggregate_transcript import (
 from fedtrace.he import MAX_PUBLIC_CONTEXT_BYTES, PARAMETER_SET, HeError, PublicHeContext
 from fedtrace.pki import Identity
 from fedtrace.revocation import RevocationWatch
+from fedtrace.transcript import TRANSCRIPT_VERSION
 from fedtrace.v1 import aggregate_pb2
 from fedtrace.wire import Level
 from node.aggregate import (
@@ -50,7 +51,8 @@ from node.aggregate import (
 )
 from node.budget import ensure_schema
 from node.gate import Admission, QueryRefused
-from node.match import read_points
+from node.match import ReceivedPoints, read_points
+from node.openings import required_monitors
 from node.policy import QueryKind
 from node.state import NodeState, serving_epoch
 
@@ -180,8 +182,11 @@ class AggregateRounds:
         header: aggregate_pb2.AggregateHeader,
         admission: Admission,
         requests: Iterator[aggregate_pb2.AggregateEvaluateRequest],
+        check: Callable[[ReceivedPoints], None] | None = None,
     ) -> RoundOne:
-        """Plan the figures, evaluate the points (shuffled) and keep the query for round 2."""
+        """Plan the figures, evaluate the points (shuffled) and keep the query for round 2.
+
+        `check` sees the received points before anything is evaluated (a sealed opening)."""
         grant = admission.grant
         j = self._state.config.jurisdiction
         if grant.total_only and not header.total_only:
@@ -216,6 +221,8 @@ class AggregateRounds:
         except AggregateUnavailable as exc:
             raise QueryRefused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         request = read_points(header.item_count, requests)
+        if check is not None:
+            check(request)
         try:
             answer = psi.shuffled(psi.evaluate(request.points, epoch.secret_key))
         except group.InvalidPoint as exc:
@@ -246,7 +253,9 @@ class AggregateRounds:
                 nonce=bytes(header.context.nonce).hex(),
                 timestamp_unix_ms=int(header.context.timestamp_unix_ms),
                 policy_version=admission.policy.version,
+                policy_sha256=admission.policy.sha256,
                 total=total,
+                monitors=required_monitors(admission),
             )
         )
         summary = aggregate_pb2.AggregateSummary(
@@ -266,6 +275,9 @@ class AggregateRounds:
                     half_width_95=p.noise.half_width_95,
                     decimals=p.decimals,
                     non_negative=p.non_negative,
+                    clipped=p.bounds is not None,  # the count and unclipped columns: 0, 0
+                    clip_lo=p.bounds[0] if p.bounds is not None else 0,
+                    clip_hi=p.bounds[1] if p.bounds is not None else 0,
                 )
                 for p in plans
             ],
@@ -275,6 +287,7 @@ class AggregateRounds:
             total_salt=total.member.salt if total else b"",
             agreement_key=total.member.agreement_key if total else b"",
             agreement_signature=total.signature if total else b"",
+            policy_sha256=bytes.fromhex(admission.policy.sha256),
         )
         return RoundOne(summary, response)
 
@@ -431,7 +444,7 @@ class AggregateRounds:
             min_cohort=pending.min_cohort,
             epsilon=pending.epsilon,
             figures=tuple(
-                FigureTerms(p.figure, p.decimals, p.noise.scale, p.noise.half_width_95)
+                FigureTerms(p.figure, p.decimals, p.noise.scale, p.noise.half_width_95, p.bounds)
                 for p in pending.plans
             ),
             request_sha256=pending.request_sha256,
@@ -443,6 +456,8 @@ class AggregateRounds:
             total_nonce=bytes(header.total_nonce).hex(),
             he_parameter_set=PARAMETER_SET,
             answering_set_sha256=set_digest.hex(),
+            policy_sha256=pending.policy_sha256,
+            v=TRANSCRIPT_VERSION,
         )
         return ordered, transcript
 
@@ -455,6 +470,7 @@ class AggregateRounds:
         code: str = "OK",
         reason: str = "",
         transcript_sha256: str = "",
+        details: dict[str, Any] | None = None,
     ) -> None:
         """The round-2 `aggregate-answer` entry; raises AuditError when it cannot be written."""
         fields: dict[str, Any] = {
@@ -480,4 +496,6 @@ class AggregateRounds:
             )
         if transcript_sha256:
             fields["transcript_sha256"] = transcript_sha256
+        if details:
+            fields["details"] = details
         self._state.gate.audit.append("aggregate-answer", fields)

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from fedtrace.pki import Identity, InvalidCertificate, identity_from_pem
+from fedtrace.pki import ROLE_MONITOR, Identity, InvalidCertificate, identity_from_pem
 from fedtrace.revocation import RevocationWatch
 from node.audit import AuditError, AuditLog
 
@@ -68,6 +68,13 @@ class IdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 grpc.StatusCode.UNAUTHENTICATED,
                 "client certificate carries no fedtrace identity (CN=jurisdiction, "
                 "OU=node|investigator); ask the federation secretariat for a certificate",
+            )
+            return
+        if identity.role == ROLE_MONITOR:  # a supervisor reads exports; it is no partner
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{identity.jurisdiction} holds a monitor certificate; monitors take no part in "
+                "queries (they receive 'fedtrace node monitor-export')",
             )
             return
         revoked = self._revocations.current().find(identity) if self._revocations else None

@@ -73,6 +73,8 @@ _FREEZE_COLUMNS = {
     "released_at": "VARCHAR NOT NULL DEFAULT ''",
     "released_by": "VARCHAR NOT NULL DEFAULT ''",
     "release_reason": "VARCHAR NOT NULL DEFAULT ''",
+    # Added with policy binding: the SHA-256 of the policy file the request was decided under.
+    "policy_sha256": "VARCHAR NOT NULL DEFAULT ''",
 }
 _COLUMNS = (
     *"""
@@ -128,6 +130,7 @@ class FollowUpRow:
     released_at: str = ""
     released_by: str = ""
     release_reason: str = ""
+    policy_sha256: str = ""  # "" for requests recorded before it was kept
 
     def overdue(self, now: dt.datetime) -> bool:
         """Pending past its answer deadline, or frozen past its end: it reads as expired."""
@@ -253,6 +256,7 @@ class Submission:
     grant_index: int
     nonce: str
     amount_eur: int = 0  # freeze: the amount to restrain
+    policy_sha256: str = ""  # the policy file the gate admitted it under
 
 
 def new_request_id() -> str:
@@ -288,6 +292,7 @@ def submit(database: NodeDatabase, submission: Submission, now: dt.datetime) -> 
         grant_index=s.grant_index,
         nonce=s.nonce,
         amount_eur=s.amount_eur,
+        policy_sha256=s.policy_sha256,
     )
     with WRITES, database.session() as con:
         ensure_schema(con)
@@ -533,6 +538,7 @@ def record_of(row: FollowUpRow, jurisdiction: str, now: dt.datetime) -> FollowUp
         released_at=row.released_at,
         released_by=row.released_by,
         release_reason=row.release_reason,
+        policy_sha256=row.policy_sha256,
     )
 
 
@@ -570,7 +576,7 @@ def audit_fields(row: FollowUpRow, **extra: Any) -> dict[str, Any]:
 def rows_json(rows: Sequence[FollowUpRow], now: dt.datetime) -> list[dict[str, Any]]:
     out = []
     for row in rows:
-        document: dict[str, Any] = {c: getattr(row, c) for c in _COLUMNS}
+        document: dict[str, Any] = {c: getattr(row, c) for c in _COLUMNS if c != "policy_sha256"}
         document["overdue"] = row.overdue(now)
         out.append(document)
     return out

@@ -136,6 +136,7 @@ def _check(
         grant_index=grant.index,
         nonce=context.nonce,
         amount_eur=request.amount_eur if kind == KIND_FREEZE else 0,
+        policy_sha256=admission.policy.sha256,
     )
 
 

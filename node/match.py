@@ -20,7 +20,7 @@ import grpc
 
 from fedtrace import blinding, group, psi
 from fedtrace.pki import Identity, sign
-from fedtrace.transcript import Transcript
+from fedtrace.transcript import TRANSCRIPT_VERSION, Transcript
 from fedtrace.v1 import aggregate_pb2, node_pb2
 from fedtrace.wire import Level
 from node.gate import Admission, QueryRefused
@@ -167,6 +167,8 @@ def compute_match_answer(
         blinding_point_sha256=(
             hashlib.sha256(epoch.blinding_point).hexdigest() if additive else ""
         ),
+        policy_sha256=policy.sha256,
+        v=TRANSCRIPT_VERSION,
     )
     digest = transcript.digest()
     summary = node_pb2.EvaluateSummary(
@@ -177,6 +179,7 @@ def compute_match_answer(
         item_count=len(answer),
         policy_version=policy.version,
         jurisdiction=state.config.jurisdiction,
+        policy_sha256=bytes.fromhex(policy.sha256),
     )
     trailer = node_pb2.EvaluateTrailer(
         transcript_sha256=digest, signature=sign(state.key_pem, digest)

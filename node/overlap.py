@@ -46,6 +46,7 @@ from fedtrace.items import item_bytes
 from fedtrace.overlap_commitment import Commitment, JoinProof
 from fedtrace.overlap_transcript import OverlapHop, OverlapTranscript
 from fedtrace.pki import Identity
+from fedtrace.transcript import TRANSCRIPT_VERSION
 from fedtrace.wire import Level
 from node.config import DatasetConfig
 from node.epoch import DatasetError, dataset_items
@@ -125,6 +126,7 @@ class NodeOverlap:
     min_cohort: int
     items: OverlapItems
     deadline: float
+    policy_sha256: str = ""  # hex: the policy file the join was admitted under
     admission: Admission | None = field(default=None, repr=False)  # the join's, charged at open
     plan: overlap_protocol.OverlapPlan | None = None
     sizes: dict[str, int] = field(default_factory=dict)
@@ -175,6 +177,8 @@ class NodeOverlap:
             notices_sha256=self.notices_sha256,
             min_cohort=max(1, self.min_cohort),
             reveal_to_owner=self.reveal_to_owner,
+            policy_sha256=self.policy_sha256,
+            v=TRANSCRIPT_VERSION,
         )
 
     def drop(self) -> None:
@@ -505,6 +509,7 @@ def join_overlap(
         min_cohort=grant.min_cohort,
         items=items,
         deadline=registry.deadline(),
+        policy_sha256=admission.policy.sha256,
         admission=admission,
     )
     registry.add(overlap)

@@ -1,7 +1,7 @@
 """The `fedtrace` command: a thin layer that parses arguments and calls the library.
 
 One module per command group (`pki`, `node`, `query`, `request`, `report`, `policy`,
-`audit`, `id`, `demo`); each adds its sub-parser in `register` and imports the
+`audit`, `id`, `demo`, `console`, `monitor`); each adds its sub-parser in `register` and imports the
 library only inside its handlers, so `fedtrace --help` stays fast. Only this
 package parses argv. Every failure the user can act on reaches them as one line on
 stderr and a named exit code; nothing here prints a traceback for bad input.
@@ -14,10 +14,22 @@ import sys
 from collections.abc import Sequence
 
 from fedtrace import __version__
-from fedtrace.cli import audit, console, demo, ids, node, pki, policy, query, report, request
+from fedtrace.cli import (
+    audit,
+    console,
+    demo,
+    ids,
+    monitor,
+    node,
+    pki,
+    policy,
+    query,
+    report,
+    request,
+)
 from fedtrace.errors import FedtraceError
 
-GROUPS = (pki, node, query, ids, demo, policy, audit, report, request, console)
+GROUPS = (pki, node, query, ids, demo, policy, audit, report, request, console, monitor)
 
 
 def build_parser() -> argparse.ArgumentParser:

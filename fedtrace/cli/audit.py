@@ -1,14 +1,25 @@
-"""`fedtrace audit verify|show`: the node's signed audit trail."""
+"""`fedtrace audit verify|show|heads`: the node's signed audit trail, and partners' evidence of it.
+
+`audit verify NODE_DIR [--heads HEADS.json]` checks the trail (and, with
+``--heads``, that it still holds every signed head partners collected);
+`audit heads --federation FED.toml --out HEADS.json` is the investigator's side:
+it collects every node's signed head into a file of evidence (docs/audit-heads.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedtrace.errors import ExitCode, FedtraceError
+
+if TYPE_CHECKING:
+    from coordinator.heads import CollectedHead
+    from node.audit.heads import HeldHead
 
 
 def _audit_dir(node_dir: Path) -> tuple[Path, bytes | None, str | None]:
@@ -24,6 +35,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from fedtrace.revocation import load_revocations
     from node.audit import verify_trail
     from node.audit.anchor import load_anchor
+    from node.audit.heads import check_heads
     from node.config import load_node_config
 
     node_dir = Path(args.node_dir)
@@ -40,14 +52,116 @@ def _audit_verify(args: argparse.Namespace) -> int:
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    if not result.ok:
-        print(f"{directory}: audit trail NOT intact: {result.problem}")
+    problems = [result.problem] if not result.ok else []
+    covered = ""
+    if args.heads:
+        held = _held_heads(Path(args.heads))
+        checked = check_heads(directory, held, jurisdiction=config.jurisdiction, ca_pem=ca_pem)
+        for note in checked.notes:
+            print(f"note: {note}", file=sys.stderr)
+        problems.extend(checked.problems)
+        covered = f"; {checked.covered} signed heads from {args.heads} held"
+    if problems:
+        for problem in problems:
+            print(f"{directory}: audit trail NOT intact: {problem}")
         return ExitCode.FAILED
     print(
         f"{directory}: audit trail intact: {result.entries} entries, hash chain, signatures "
-        "and signed head verified"
+        f"and signed head verified{covered}"
     )
     return ExitCode.OK
+
+
+def _held_heads(path: Path) -> list[HeldHead]:
+    from node.audit.heads import load_held_heads
+
+    try:
+        return load_held_heads(path)
+    except ValueError as exc:
+        raise FedtraceError(str(exc)) from None
+
+
+def _audit_heads(args: argparse.Namespace) -> int:
+    """Collect every node's signed head (or a report's) into HEADS.json; exit 1 if one is bad."""
+    from coordinator.heads import (
+        CollectedHead,
+        head_entry,
+        heads_document,
+        heads_from_report,
+        load_heads,
+        merge_heads,
+    )
+    from fedtrace.wire import NodeStatus
+
+    if not args.federation and not args.from_report:
+        raise FedtraceError("give --federation FED.toml, --from-report REPORT.json, or both")
+    out = Path(args.out)
+    earlier = load_heads(out)
+    collected: list[CollectedHead] = []
+    fresh: list[dict[str, Any]] = []
+    for report in args.from_report or ():
+        found, problems = heads_from_report(_read_report(Path(report)))
+        fresh.extend(found)
+        collected.extend(CollectedHead(report, NodeStatus.ERROR, p, bad=True) for p in problems)
+    if args.federation:
+        collected += _collect(args)
+        fresh.extend(
+            head_entry(c.head, c.certificate_pem)
+            for c in collected
+            if c.verified and c.head is not None
+        )
+    bad = [c for c in collected if c.bad]
+    unreachable = [c for c in collected if not c.verified and not c.bad]
+    merged = merge_heads(earlier, fresh)
+    document = heads_document(merged, unreachable)
+    try:
+        out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise FedtraceError(f"{out}: cannot write the heads file: {exc.strerror}") from None
+    if args.json:
+        collection = {**document, "heads": fresh}
+        if bad:
+            collection["failed"] = [{"node": c.node, "reason": c.reason} for c in bad]
+        sys.stdout.write(json.dumps(collection, indent=2) + "\n")
+    else:
+        for c in collected:
+            if c.verified and c.head is not None:
+                print(f"{c.node}: ok, {c.head.describe()}")
+            elif c.bad:
+                print(f"{c.node}: FAILED, {c.reason}")
+            else:
+                print(f"{c.node}: unreachable, {c.reason}")
+        print(f"{out}: {len(merged)} signed heads kept ({len(merged) - len(earlier)} new)")
+    if bad:
+        return ExitCode.FAILED
+    return ExitCode.PARTIAL if unreachable else ExitCode.OK
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    from coordinator.verify import load_report
+
+    return load_report(path)
+
+
+def _collect(args: argparse.Namespace) -> list[CollectedHead]:
+    from coordinator.fanout import NodeTrust
+    from coordinator.federation import load_federation
+    from coordinator.heads import collect_heads
+    from coordinator.transport import GrpcConnections
+    from fedtrace.revocation import load_revocations
+
+    federation = load_federation(Path(args.federation))
+    connections = GrpcConnections(federation)
+    try:
+        revoked = (
+            load_revocations(federation.revoked, ca_pem=connections.ca_pem)
+            if federation.revoked
+            else None
+        )
+        trust = NodeTrust(connections.ca_pem, revoked)
+        return collect_heads(federation.nodes, connections, trust, federation.deadline_seconds)
+    finally:
+        connections.close()
 
 
 def _moment(option: str, text: str | None, *, end_of_day: bool = False) -> dt.datetime | None:
@@ -117,7 +231,33 @@ def register(commands: Any) -> None:
     )
     p = audit.add_parser("verify", help="check the hash chain, signatures and signed head")
     p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument(
+        "--heads",
+        metavar="HEADS.json",
+        help="also check that the trail holds every signed head partners collected "
+        "(`fedtrace audit heads`)",
+    )
     p.set_defaults(run=_audit_verify)
+    p = audit.add_parser(
+        "heads", help="collect every node's signed audit head into a file of evidence"
+    )
+    p.add_argument(
+        "--federation", metavar="FED.toml", help="ask every node of this federation (GetInfo)"
+    )
+    p.add_argument(
+        "--from-report",
+        action="append",
+        metavar="REPORT.json",
+        help="take the heads a JSON report's results carry (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="HEADS.json",
+        help="the heads file; an existing one is kept and added to",
+    )
+    p.add_argument("--json", action="store_true", help="print this collection as JSON")
+    p.set_defaults(run=_audit_heads)
     p = audit.add_parser("show", help="list audit entries")
     p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
     p.add_argument("--partner", metavar="CODE", help="only this partner (any case)")

@@ -51,15 +51,15 @@ def register(commands: Any) -> None:
     p = pki.add_parser("init", help="create the federation CA")
     p.add_argument("ca_dir", metavar="CA_DIR", help="the CA directory to create")
     p.set_defaults(run=_pki_init)
-    p = pki.add_parser("issue", help="issue a node or investigator certificate")
+    p = pki.add_parser("issue", help="issue a node, investigator or monitor certificate")
     p.add_argument("ca_dir", metavar="CA_DIR", help="the federation CA directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="where to write the key and certificate")
     p.add_argument("--name", required=True, help="jurisdiction code, e.g. EE")
     p.add_argument(
         "--role",
         required=True,
-        choices=("node", "investigator"),
-        help="a node serves data; an investigator queries",
+        choices=("node", "investigator", "monitor"),
+        help="a node serves data; an investigator queries; a monitor opens sealed openings",
     )
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.set_defaults(run=_pki_issue)

@@ -209,6 +209,9 @@ class FigureNoise(_message.Message):
     HALF_WIDTH_95_FIELD_NUMBER: _builtins.int
     DECIMALS_FIELD_NUMBER: _builtins.int
     NON_NEGATIVE_FIELD_NUMBER: _builtins.int
+    CLIPPED_FIELD_NUMBER: _builtins.int
+    CLIP_LO_FIELD_NUMBER: _builtins.int
+    CLIP_HI_FIELD_NUMBER: _builtins.int
     figure: _builtins.str
     """"match_count" or a column name"""
     scale: _builtins.float
@@ -219,6 +222,11 @@ class FigureNoise(_message.Message):
     """the figure is sent × 10^decimals (2 for money: cents)"""
     non_negative: _builtins.bool
     """the match count, or a column clipped at a lower bound >= 0"""
+    clipped: _builtins.bool
+    """a column the grant clips: each record to [clip_lo, clip_hi]"""
+    clip_lo: _builtins.int
+    """in the figure's unit × 10^decimals"""
+    clip_hi: _builtins.int
     def __init__(
         self,
         *,
@@ -227,10 +235,13 @@ class FigureNoise(_message.Message):
         half_width_95: _builtins.int = ...,
         decimals: _builtins.int = ...,
         non_negative: _builtins.bool = ...,
+        clipped: _builtins.bool = ...,
+        clip_lo: _builtins.int = ...,
+        clip_hi: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decimals", b"decimals", "figure", b"figure", "half_width_95", b"half_width_95", "non_negative", b"non_negative", "scale", b"scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_hi", b"clip_hi", "clip_lo", b"clip_lo", "clipped", b"clipped", "decimals", b"decimals", "figure", b"figure", "half_width_95", b"half_width_95", "non_negative", b"non_negative", "scale", b"scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +267,7 @@ class AggregateSummary(_message.Message):
     TOTAL_SALT_FIELD_NUMBER: _builtins.int
     AGREEMENT_KEY_FIELD_NUMBER: _builtins.int
     AGREEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    POLICY_SHA256_FIELD_NUMBER: _builtins.int
     query_id: _builtins.bytes
     """binds round 2 to this admitted query"""
     dataset: _builtins.str
@@ -280,6 +292,8 @@ class AggregateSummary(_message.Message):
     """
     agreement_key: _builtins.bytes
     agreement_signature: _builtins.bytes
+    policy_sha256: _builtins.bytes
+    """SHA-256 of the policy file in force, bound by the transcript"""
     @_builtins.property
     def noise(self) -> _containers.RepeatedCompositeFieldContainer[Global___FigureNoise]: ...
     def __init__(
@@ -301,10 +315,11 @@ class AggregateSummary(_message.Message):
         total_salt: _builtins.bytes = ...,
         agreement_key: _builtins.bytes = ...,
         agreement_signature: _builtins.bytes = ...,
+        policy_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_key", b"agreement_key", "agreement_signature", b"agreement_signature", "dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "expires_in_seconds", b"expires_in_seconds", "he_parameter_set", b"he_parameter_set", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "min_cohort", b"min_cohort", "noise", b"noise", "policy_version", b"policy_version", "query_id", b"query_id", "row_count", b"row_count", "total_only", b"total_only", "total_salt", b"total_salt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_key", b"agreement_key", "agreement_signature", b"agreement_signature", "dataset", b"dataset", "epoch_id", b"epoch_id", "epsilon", b"epsilon", "expires_in_seconds", b"expires_in_seconds", "he_parameter_set", b"he_parameter_set", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "min_cohort", b"min_cohort", "noise", b"noise", "policy_sha256", b"policy_sha256", "policy_version", b"policy_version", "query_id", b"query_id", "row_count", b"row_count", "total_only", b"total_only", "total_salt", b"total_salt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

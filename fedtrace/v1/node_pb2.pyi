@@ -540,6 +540,7 @@ class EvaluateSummary(_message.Message):
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     JURISDICTION_FIELD_NUMBER: _builtins.int
+    POLICY_SHA256_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     epoch_id: _builtins.str
     disclosure: Global___Disclosure.ValueType
@@ -549,6 +550,8 @@ class EvaluateSummary(_message.Message):
     item_count: _builtins.int
     policy_version: _builtins.str
     jurisdiction: _builtins.str
+    policy_sha256: _builtins.bytes
+    """SHA-256 of the policy file in force, bound by the transcript"""
     def __init__(
         self,
         *,
@@ -559,10 +562,11 @@ class EvaluateSummary(_message.Message):
         item_count: _builtins.int = ...,
         policy_version: _builtins.str = ...,
         jurisdiction: _builtins.str = ...,
+        policy_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "policy_version", b"policy_version", "shuffled", b"shuffled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "disclosure", b"disclosure", "epoch_id", b"epoch_id", "item_count", b"item_count", "jurisdiction", b"jurisdiction", "policy_sha256", b"policy_sha256", "policy_version", b"policy_version", "shuffled", b"shuffled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedtrace.v1 import node_pb2 as fedtrace_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64trace/v1/overlap.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"e\n\x12OverlapJoinRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x12\n\noverlap_id\x18\x03 \x01(\t\"\xe6\x01\n\x13OverlapJoinResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0freveal_to_owner\x18\x03 \x01(\x08\x12\x12\n\nmin_cohort\x18\x04 \x01(\r\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x06 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x07 \x01(\x0c\x12\x18\n\x10max_relay_points\x18\x08 \x01(\x04\x12\x16\n\x0ejoin_signature\x18\t \x01(\x0c\"f\n\x10OverlapJoinProof\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"`\n\x11OverlapCommitment\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x16\n\x0einitial_sha256\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"-\n\rOverlapOrigin\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xa1\x01\n\x12OverlapOpenRequest\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06roster\x18\x02 \x03(\t\x12\x0e\n\x06reveal\x18\x03 \x01(\x08\x12)\n\x05sizes\x18\x04 \x03(\x0b\x32\x1a.fedtrace.v1.OverlapOrigin\x12,\n\x05joins\x18\x05 \x03(\x0b\x32\x1d.fedtrace.v1.OverlapJoinProof\"[\n\x13OverlapOpenResponse\x12\x10\n\x08set_size\x18\x01 \x01(\x04\x12\x32\n\ncommitment\x18\x02 \x01(\x0b\x32\x1e.fedtrace.v1.OverlapCommitment\" \n\nOverlapRef\x12\x12\n\noverlap_id\x18\x01 \x01(\t\"\x92\x01\n\x12OverlapRelayHeader\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x17\n\x0f\x65xpected_points\x18\x04 \x01(\x04\x12\x32\n\ncommitment\x18\x05 \x01(\x0b\x32\x1e.fedtrace.v1.OverlapCommitment\"{\n\x13OverlapRelayRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedtrace.v1.OverlapRelayHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\\\n\x14OverlapSharedRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedtrace.v1.OverlapRefH\x00\x12\x11\n\x07notices\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x15OverlapSharedResponse\x12\x16\n\x0eshared_records\x18\x01 \x01(\x04\"p\n\x14OverlapCloseResponse\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12*\n\naudit_head\x18\x03 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead2\xc5\x03\n\x0eOverlapService\x12I\n\x04Join\x12\x1f.fedtrace.v1.OverlapJoinRequest\x1a .fedtrace.v1.OverlapJoinResponse\x12I\n\x04Open\x12\x1f.fedtrace.v1.OverlapOpenRequest\x1a .fedtrace.v1.OverlapOpenResponse\x12=\n\x07Initial\x12\x17.fedtrace.v1.OverlapRef\x1a\x17.fedtrace.v1.PointBatch0\x01\x12\x46\n\x05Relay\x12 .fedtrace.v1.OverlapRelayRequest\x1a\x17.fedtrace.v1.PointBatch(\x01\x30\x01\x12Q\n\x06Shared\x12!.fedtrace.v1.OverlapSharedRequest\x1a\".fedtrace.v1.OverlapSharedResponse(\x01\x12\x43\n\x05\x43lose\x12\x17.fedtrace.v1.OverlapRef\x1a!.fedtrace.v1.OverlapCloseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64trace/v1/overlap.proto\x12\x0b\x66\x65\x64trace.v1\x1a\x16\x66\x65\x64trace/v1/node.proto\"e\n\x12OverlapJoinRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.fedtrace.v1.QueryContext\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x12\n\noverlap_id\x18\x03 \x01(\t\"\xfd\x01\n\x13OverlapJoinResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0freveal_to_owner\x18\x03 \x01(\x08\x12\x12\n\nmin_cohort\x18\x04 \x01(\r\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x17\n\x0fidentifier_kind\x18\x06 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x07 \x01(\x0c\x12\x18\n\x10max_relay_points\x18\x08 \x01(\x04\x12\x16\n\x0ejoin_signature\x18\t \x01(\x0c\x12\x15\n\rpolicy_sha256\x18\n \x01(\x0c\"f\n\x10OverlapJoinProof\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"`\n\x11OverlapCommitment\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08set_size\x18\x02 \x01(\x04\x12\x16\n\x0einitial_sha256\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"-\n\rOverlapOrigin\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xa1\x01\n\x12OverlapOpenRequest\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06roster\x18\x02 \x03(\t\x12\x0e\n\x06reveal\x18\x03 \x01(\x08\x12)\n\x05sizes\x18\x04 \x03(\x0b\x32\x1a.fedtrace.v1.OverlapOrigin\x12,\n\x05joins\x18\x05 \x03(\x0b\x32\x1d.fedtrace.v1.OverlapJoinProof\"[\n\x13OverlapOpenResponse\x12\x10\n\x08set_size\x18\x01 \x01(\x04\x12\x32\n\ncommitment\x18\x02 \x01(\x0b\x32\x1e.fedtrace.v1.OverlapCommitment\" \n\nOverlapRef\x12\x12\n\noverlap_id\x18\x01 \x01(\t\"\x92\x01\n\x12OverlapRelayHeader\x12\x12\n\noverlap_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x17\n\x0f\x65xpected_points\x18\x04 \x01(\x04\x12\x32\n\ncommitment\x18\x05 \x01(\x0b\x32\x1e.fedtrace.v1.OverlapCommitment\"{\n\x13OverlapRelayRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedtrace.v1.OverlapRelayHeaderH\x00\x12)\n\x06points\x18\x02 \x01(\x0b\x32\x17.fedtrace.v1.PointBatchH\x00\x42\x06\n\x04part\"\\\n\x14OverlapSharedRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedtrace.v1.OverlapRefH\x00\x12\x11\n\x07notices\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x15OverlapSharedResponse\x12\x16\n\x0eshared_records\x18\x01 \x01(\x04\"p\n\x14OverlapCloseResponse\x12\x19\n\x11transcript_sha256\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12*\n\naudit_head\x18\x03 \x01(\x0b\x32\x16.fedtrace.v1.AuditHead2\xc5\x03\n\x0eOverlapService\x12I\n\x04Join\x12\x1f.fedtrace.v1.OverlapJoinRequest\x1a .fedtrace.v1.OverlapJoinResponse\x12I\n\x04Open\x12\x1f.fedtrace.v1.OverlapOpenRequest\x1a .fedtrace.v1.OverlapOpenResponse\x12=\n\x07Initial\x12\x17.fedtrace.v1.OverlapRef\x1a\x17.fedtrace.v1.PointBatch0\x01\x12\x46\n\x05Relay\x12 .fedtrace.v1.OverlapRelayRequest\x1a\x17.fedtrace.v1.PointBatch(\x01\x30\x01\x12Q\n\x06Shared\x12!.fedtrace.v1.OverlapSharedRequest\x1a\".fedtrace.v1.OverlapSharedResponse(\x01\x12\x43\n\x05\x43lose\x12\x17.fedtrace.v1.OverlapRef\x1a!.fedtrace.v1.OverlapCloseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OVERLAPJOINREQUEST']._serialized_start=66
   _globals['_OVERLAPJOINREQUEST']._serialized_end=167
   _globals['_OVERLAPJOINRESPONSE']._serialized_start=170
-  _globals['_OVERLAPJOINRESPONSE']._serialized_end=400
-  _globals['_OVERLAPJOINPROOF']._serialized_start=402
-  _globals['_OVERLAPJOINPROOF']._serialized_end=504
-  _globals['_OVERLAPCOMMITMENT']._serialized_start=506
-  _globals['_OVERLAPCOMMITMENT']._serialized_end=602
-  _globals['_OVERLAPORIGIN']._serialized_start=604
-  _globals['_OVERLAPORIGIN']._serialized_end=649
-  _globals['_OVERLAPOPENREQUEST']._serialized_start=652
-  _globals['_OVERLAPOPENREQUEST']._serialized_end=813
-  _globals['_OVERLAPOPENRESPONSE']._serialized_start=815
-  _globals['_OVERLAPOPENRESPONSE']._serialized_end=906
-  _globals['_OVERLAPREF']._serialized_start=908
-  _globals['_OVERLAPREF']._serialized_end=940
-  _globals['_OVERLAPRELAYHEADER']._serialized_start=943
-  _globals['_OVERLAPRELAYHEADER']._serialized_end=1089
-  _globals['_OVERLAPRELAYREQUEST']._serialized_start=1091
-  _globals['_OVERLAPRELAYREQUEST']._serialized_end=1214
-  _globals['_OVERLAPSHAREDREQUEST']._serialized_start=1216
-  _globals['_OVERLAPSHAREDREQUEST']._serialized_end=1308
-  _globals['_OVERLAPSHAREDRESPONSE']._serialized_start=1310
-  _globals['_OVERLAPSHAREDRESPONSE']._serialized_end=1357
-  _globals['_OVERLAPCLOSERESPONSE']._serialized_start=1359
-  _globals['_OVERLAPCLOSERESPONSE']._serialized_end=1471
-  _globals['_OVERLAPSERVICE']._serialized_start=1474
-  _globals['_OVERLAPSERVICE']._serialized_end=1927
+  _globals['_OVERLAPJOINRESPONSE']._serialized_end=423
+  _globals['_OVERLAPJOINPROOF']._serialized_start=425
+  _globals['_OVERLAPJOINPROOF']._serialized_end=527
+  _globals['_OVERLAPCOMMITMENT']._serialized_start=529
+  _globals['_OVERLAPCOMMITMENT']._serialized_end=625
+  _globals['_OVERLAPORIGIN']._serialized_start=627
+  _globals['_OVERLAPORIGIN']._serialized_end=672
+  _globals['_OVERLAPOPENREQUEST']._serialized_start=675
+  _globals['_OVERLAPOPENREQUEST']._serialized_end=836
+  _globals['_OVERLAPOPENRESPONSE']._serialized_start=838
+  _globals['_OVERLAPOPENRESPONSE']._serialized_end=929
+  _globals['_OVERLAPREF']._serialized_start=931
+  _globals['_OVERLAPREF']._serialized_end=963
+  _globals['_OVERLAPRELAYHEADER']._serialized_start=966
+  _globals['_OVERLAPRELAYHEADER']._serialized_end=1112
+  _globals['_OVERLAPRELAYREQUEST']._serialized_start=1114
+  _globals['_OVERLAPRELAYREQUEST']._serialized_end=1237
+  _globals['_OVERLAPSHAREDREQUEST']._serialized_start=1239
+  _globals['_OVERLAPSHAREDREQUEST']._serialized_end=1331
+  _globals['_OVERLAPSHAREDRESPONSE']._serialized_start=1333
+  _globals['_OVERLAPSHAREDRESPONSE']._serialized_end=1380
+  _globals['_OVERLAPCLOSERESPONSE']._serialized_start=1382
+  _globals['_OVERLAPCLOSERESPONSE']._serialized_end=1494
+  _globals['_OVERLAPSERVICE']._serialized_start=1497
+  _globals['_OVERLAPSERVICE']._serialized_end=1950
 # @@protoc_insertion_point(module_scope)

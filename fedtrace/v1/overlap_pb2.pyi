@@ -67,6 +67,7 @@ class OverlapJoinResponse(_message.Message):
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     MAX_RELAY_POINTS_FIELD_NUMBER: _builtins.int
     JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
+    POLICY_SHA256_FIELD_NUMBER: _builtins.int
     jurisdiction: _builtins.str
     set_size: _builtins.int
     """distinct items the node contributes (a known leak)"""
@@ -86,6 +87,8 @@ class OverlapJoinResponse(_message.Message):
     statement: overlap id, jurisdiction, set size and the investigator certificate that asked
     (fedtrace.overlap_commitment.JoinProof). Every other participant checks it at Open.
     """
+    policy_sha256: _builtins.bytes
+    """SHA-256 of the policy file in force, bound by the transcript"""
     def __init__(
         self,
         *,
@@ -98,10 +101,11 @@ class OverlapJoinResponse(_message.Message):
         certificate_pem: _builtins.bytes = ...,
         max_relay_points: _builtins.int = ...,
         join_signature: _builtins.bytes = ...,
+        policy_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "identifier_kind", b"identifier_kind", "join_signature", b"join_signature", "jurisdiction", b"jurisdiction", "max_relay_points", b"max_relay_points", "min_cohort", b"min_cohort", "policy_version", b"policy_version", "reveal_to_owner", b"reveal_to_owner", "set_size", b"set_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "identifier_kind", b"identifier_kind", "join_signature", b"join_signature", "jurisdiction", b"jurisdiction", "max_relay_points", b"max_relay_points", "min_cohort", b"min_cohort", "policy_sha256", b"policy_sha256", "policy_version", b"policy_version", "reveal_to_owner", b"reveal_to_owner", "set_size", b"set_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,10 +19,12 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedtrace.audit_head import SignedHead, sign_head
 from fedtrace.pki import InvalidCertificate, sign, verify_signature
 from node.audit.chain import (
     DIRECTORY_MODE,
@@ -160,6 +162,22 @@ class AuditLog:
             if repair is not None:
                 self._appendlocked(trail, "trail-repaired", repair)
             return self._appendlocked(trail, event, fields)
+
+    def signed_head(self, jurisdiction: str) -> SignedHead:
+        """The trail's head now (entry count and the last entry's chain hash), signed.
+
+        Read under both locks, so the pair is consistent; called after an answer's
+        entry was appended, the head is at or after that entry.
+        """
+        trail = self.directory / TRAIL_FILE
+        with self._lock, locked(self.directory, exclusive=False):
+            last = last_entry(trail)
+        entries = 0 if last is None else int(last["seq"])
+        try:
+            digest = bytes.fromhex(GENESIS if last is None else str(last["hash"]))
+        except ValueError:
+            raise AuditError(f"{trail}: the last entry's hash is not hex") from None
+        return sign_head(self._key_pem, jurisdiction, entries, digest, int(time.time() * 1000))
 
     def check(self) -> None:
         """Raise AuditError (one line) when the node could not extend its trail.

@@ -43,9 +43,10 @@ _COMMON_KEYS = (
     "expires",
 )
 _KIND_KEYS: dict[QueryKind, tuple[str, ...]] = {
-    QueryKind.MATCH: _COMMON_KEYS,
+    QueryKind.MATCH: (*_COMMON_KEYS, "monitor"),
     QueryKind.AGGREGATE: (
         *_COMMON_KEYS,
+        "monitor",
         "aggregate_columns",
         "noise",
         "min_cohort",
@@ -92,6 +93,8 @@ def _fact(grant: Grant, key: str) -> object:
         return (value.items, value.per.label)
     if isinstance(value, EpsilonBudget):
         return (value.epsilon, value.per.label)
+    if key == "monitor":
+        return value or None
     if key == "clip":
         return tuple(f"{name} [{_number(lo)}, {_number(hi)}]" for name, lo, hi in sorted(value))
     if isinstance(value, tuple):
@@ -233,6 +236,10 @@ def _compare(key: str, old: object, new: object) -> tuple[str, str]:
                 "no case reference needed",
             )
         )
+    if key == "monitor":
+        if not new:
+            return "looser", "answers no longer carry a sealed opening for a monitor"
+        return "tighter", f"every answer carries a sealed opening for monitor {new}"
     if key == "noise":
         return (
             ("tighter", "answers carry noise")

@@ -211,6 +211,11 @@ def describe_grant(grant: Grant, jurisdiction: str, now: dt.datetime) -> list[st
             else "Which items are shared stays hidden from the partner's own node."
         )
     lines += _request_lines(grant)
+    if grant.monitor and grant.disclosure is not Level.OVERLAP:
+        lines.append(
+            f"Every answer carries a sealed opening for monitor {grant.monitor}; "
+            "queries without one are refused."
+        )
     lines.append(worst_case(grant, jurisdiction))
     bases = (
         "legal bases accepted: " + ", ".join(grant.legal_bases)

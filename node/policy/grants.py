@@ -54,6 +54,7 @@ GRANT_KEYS = (
     "preservation_days_max",
     "freeze_days_max",
     "freeze_approval",
+    "monitor",
 )
 APPROVALS = ("automatic", "officer")
 NOISE_VALUES = ("on", "off")
@@ -329,6 +330,7 @@ def read_grant(
         ),
         freeze_days_max=reader.integer("freeze_days_max", 1, None),
         freeze_approval=reader.choice("freeze_approval", APPROVALS, DEFAULT_APPROVAL),
+        monitor=_monitor(reader),
     )
     if (
         reader.raw("legal_bases") is not None
@@ -493,6 +495,8 @@ def _semantic_checks(
         ]
     if level is not Level.OVERLAP:
         irrelevant.append(("reveal_to_owner", "overlap"))
+    else:
+        irrelevant.append(("monitor", "match and aggregate"))
     if level is not Level.DISCLOSURE_REQUEST:
         irrelevant += [
             (k, "disclosure-request")
@@ -522,6 +526,20 @@ def _semantic_checks(
             "a disclosure-request grant without "
             "'disclosable_fields' can confirm a hit but disclose no attribute",
         )
+
+
+def _monitor(reader: _GrantReader) -> str:
+    """The monitor whose sealed opening every answer under the grant needs, or ""."""
+    value = reader.raw("monitor")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not JURISDICTION.match(value):
+        reader.error(
+            "monitor",
+            f"'monitor' must be the name on a monitor's certificate, e.g. \"OVS\", not {value!r}",
+        )
+        return ""
+    return value
 
 
 def _positive_or_none(reader: _GrantReader, key: str) -> float | None:

@@ -114,6 +114,7 @@ class Grant:
     preservation_days_max: int = DEFAULT_PRESERVATION_DAYS_MAX
     freeze_days_max: int | None = None  # None: freeze orders are refused
     freeze_approval: str = DEFAULT_APPROVAL
+    monitor: str = ""  # a monitor whose sealed opening each match/aggregate answer needs
 
     def applies(self, partner: str, dataset: str) -> bool:
         return (partner in self.partners or "*" in self.partners) and dataset in self.datasets

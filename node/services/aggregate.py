@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import grpc
 
 from fedtrace import group
+from fedtrace.opening import KIND_AGGREGATE_POINTS
 from fedtrace.pki import sign
 from fedtrace.v1 import aggregate_pb2, aggregate_pb2_grpc, node_pb2
 from fedtrace.wire import CHUNK_BYTES, Level, batched
@@ -24,6 +25,7 @@ from node.aggregate_rounds import AggregateRounds
 from node.audit import AuditError
 from node.gate import QueryContextInfo, QueryRefused
 from node.lookups import POSITION_TAGS, admit_lookup
+from node.openings import QueryOpening, check_indicator, keep_details
 from node.policy import QueryKind
 from node.session import abort, caller, query_session
 from node.state import NodeState
@@ -90,7 +92,12 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
                 epsilon=rounds.epsilon_to_admit(identity, header),
                 columns=list(header.columns),
             )
-            round_one = rounds.round_one(identity, header, admission, requests)
+            sealing = QueryOpening(
+                self._state, context, identity, KIND_AGGREGATE_POINTS, header, admission
+            )
+            round_one = rounds.round_one(
+                identity, header, admission, requests, sealing.check_points
+            )
             session.answered(
                 details={
                     "round": "evaluate",
@@ -98,6 +105,13 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
                     "total_only": header.total_only,
                     "min_cohort": round_one.summary.min_cohort,
                     "noise_scales": {n.figure: n.scale for n in round_one.summary.noise},
+                    **sealing.keep(
+                        answer_points=round_one.response,
+                        query_id=round_one.summary.query_id,
+                        table=rounds.position_table(header.dataset, header.epoch_id)
+                        if sealing.sealed
+                        else None,
+                    ),
                 },
             )
             log.info(
@@ -131,11 +145,16 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
                 except QueryRefused:
                     rounds.pending.restore(pending)  # busy: round 2 may be retried
                     raise
+                kept = check_indicator(state, context, identity, round_two)
                 ordered, transcript = rounds.answer_round_two(round_two)
                 signed = transcript.digest()
                 try:  # audited before the first ciphertext leaves the node
                     rounds.audit_round_two(
-                        identity, pending, "answered", transcript_sha256=signed.hex()
+                        identity,
+                        pending,
+                        "answered",
+                        transcript_sha256=signed.hex(),
+                        details=keep_details(state.database, kept),
                     )
                 except AuditError as exc:
                     log.error("audit trail not writable, aggregate refused: %s", exc)
@@ -169,6 +188,8 @@ class AggregateServicer(aggregate_pb2_grpc.AggregateServiceServicer):
                 )
             yield aggregate_pb2.AggregateResponse(
                 trailer=aggregate_pb2.AggregateTrailer(
-                    transcript_sha256=signed, signature=sign(state.key_pem, signed)
+                    transcript_sha256=signed,
+                    signature=sign(state.key_pem, signed),
+                    audit_head=state.gate.audit.signed_head(state.config.jurisdiction).to_proto(),
                 )
             )

@@ -16,7 +16,8 @@ import grpc
 
 from fedtrace import __version__, group
 from fedtrace.v1 import node_pb2, node_pb2_grpc
-from fedtrace.wire import CHUNK_BYTES, batched
+from fedtrace.wire import batched
+from node.filters import filter_chunks
 from node.gate import QueryContextInfo, QueryRefused
 from node.lookups import FILTER, admit_lookup, granted_datasets, record_lookup
 from node.match import (
@@ -26,9 +27,10 @@ from node.match import (
     read_match_header,
     read_match_points,
 )
+from node.openings import QueryOpening, add_monitors
 from node.policy import QueryKind
 from node.session import abort, caller, query_session
-from node.state import NodeState, serving_epoch
+from node.state import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def node_info(state: NodeState, granted: set[str] | None = None) -> node_pb2.Nod
                 blinding_point=epoch.blinding_point,
                 key_commitment=epoch.key_commitment,
                 blinding_proof=epoch.blinding_proof(state.config.jurisdiction),
+                filter_partition_bits=epoch.partition_bits,
             )
         )
     return node_pb2.NodeInfo(
@@ -71,26 +74,6 @@ def node_info(state: NodeState, granted: set[str] | None = None) -> node_pb2.Nod
         software_version=__version__,
         certificate_pem=state.certificate_pem,
     )
-
-
-def filter_chunks(
-    state: NodeState, request: node_pb2.GetFilterRequest
-) -> Iterator[node_pb2.FilterChunk]:
-    epoch = serving_epoch(state, request.dataset, request.epoch_id)
-    data = epoch.filter.data
-    yield node_pb2.FilterChunk(
-        header=node_pb2.FilterHeader(
-            dataset=epoch.dataset,
-            epoch_id=epoch.epoch_id,
-            filter_kind="gcs-v1",
-            item_count=epoch.filter.item_count,
-            remainder_bits=epoch.filter.remainder_bits,
-            total_bytes=len(data),
-            sha256=epoch.filter_sha256,
-        )
-    )
-    for chunk in batched(data, 1, CHUNK_BYTES):
-        yield node_pb2.FilterChunk(data=chunk)
 
 
 def match_messages(answer: MatchAnswer) -> Iterator[node_pb2.EvaluateResponse]:
@@ -114,7 +97,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             record_lookup(state, identity, "GetInfo", "", "answered")
         except QueryRefused as refusal:
             abort(context, refusal)
-        return node_info(state, granted_datasets(state.policies.current(), identity))
+        info = node_info(state, granted_datasets(state.policies.current(), identity))
+        add_monitors(info, state.policies.current(), identity.jurisdiction)
+        info.audit_head.CopyFrom(state.gate.audit.signed_head(state.config.jurisdiction).to_proto())
+        return info
 
     def GetFilter(
         self, request: node_pb2.GetFilterRequest, context: grpc.ServicerContext
@@ -135,10 +121,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             info = QueryContextInfo.from_proto(header.context)
             admission = session.admit(header.dataset, info, header.item_count, asked)
             check_blinding(header, admission)  # before any point is read
+            sealing = QueryOpening(state, context, session.identity, "match", header, admission)
             request = read_match_points(header, requests)
+            sealing.check_points(request)  # a sealed opening the grant demands binds the points
             answer = compute_match_answer(state, session.identity, request, admission)
             # Charged and audited before the first byte of the answer leaves the node.
-            session.answered(transcript_sha256=answer.transcript.digest().hex())
+            session.answered(
+                transcript_sha256=answer.transcript.digest().hex(), details=sealing.keep() or None
+            )
+            answer.trailer.audit_head.CopyFrom(
+                state.gate.audit.signed_head(state.config.jurisdiction).to_proto()
+            )
             log.info(
                 "match answered: partner=%s dataset=%s items=%d level=%s policy=%s blinding=%s",
                 session.identity.jurisdiction,

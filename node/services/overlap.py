@@ -209,6 +209,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
             reveal_to_owner=grant.reveal_to_owner,
             min_cohort=grant.min_cohort,
             policy_version=admission.policy.version,
+            policy_sha256=bytes.fromhex(overlap.policy_sha256),
             identifier_kind=dataset.kind,
             certificate_pem=state.certificate_pem,
             max_relay_points=state.config.limits.max_items_per_request,
@@ -381,7 +382,7 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
             self.registry.remove(overlap.overlap_id)
             if transcript is None:
                 self._audit(overlap, "closed", reason="closed before it opened")
-                return overlap_pb2.OverlapCloseResponse()
+                return overlap_pb2.OverlapCloseResponse(audit_head=self._audit_head())
             digest = transcript.digest()
             self._audit(
                 overlap, "closed", transcript_sha256=digest.hex(), hops=len(transcript.hops)
@@ -389,8 +390,14 @@ class OverlapServicer(overlap_pb2_grpc.OverlapServiceServicer):
         except QueryRefused as exc:
             self._fail(overlap, context, "close", exc)
         return overlap_pb2.OverlapCloseResponse(
-            transcript_sha256=digest, signature=sign(self._state.key_pem, digest)
+            transcript_sha256=digest,
+            signature=sign(self._state.key_pem, digest),
+            audit_head=self._audit_head(),
         )
+
+    def _audit_head(self) -> node_pb2.AuditHead:
+        """The trail's head after the close entry, signed."""
+        return self._state.gate.audit.signed_head(self._jurisdiction).to_proto()
 
     def stop(self) -> None:
         self._stop.set()

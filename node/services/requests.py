@@ -50,6 +50,7 @@ def signed_record(state: NodeState, record: FollowUpRecord) -> requests_pb2.Foll
         record_sha256=digest,
         signature=sign(state.key_pem, digest),
         certificate_pem=state.certificate_pem,
+        audit_head=state.gate.audit.signed_head(state.config.jurisdiction).to_proto(),
     )
 
 

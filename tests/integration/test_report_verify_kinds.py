@@ -11,6 +11,7 @@ re-signed with the investigator's own key.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Saved:
     aggregate: dict[str, Any]
     total: dict[str, Any]
     overlap: dict[str, Any]
+    policy_sha256: dict[str, str]  # each node's policy file, as `hashlib` digests its bytes
 
     @property
     def ca(self) -> Path:
@@ -145,7 +147,11 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
         )
         assert done.returncode == 0, done.stderr
         reports["overlap"] = json.loads(out.read_text())
-        yield Saved(root, reports["aggregate"], reports["total"], reports["overlap"])
+        policies = {
+            code: hashlib.sha256(local.nodes[code].policy_file.read_bytes()).hexdigest()
+            for code in CODES
+        }
+        yield Saved(root, reports["aggregate"], reports["total"], reports["overlap"], policies)
 
 
 @pytest.mark.parametrize("kind", ["aggregate", "total", "overlap"])
@@ -176,6 +182,32 @@ def test_the_saved_reports_carry_what_verification_needs(saved: Saved) -> None:
         signed = result["signature"]["transcript"]
         assert (signed["min_cohort"], signed["reveal_to_owner"]) == (result["min_cohort"], False)
         assert signed["set_size"] == result["set_size"]
+
+
+@pytest.mark.parametrize("kind", ["aggregate", "total", "overlap"])
+def test_each_result_shows_and_binds_its_nodes_policy_file_sha256(saved: Saved, kind: str) -> None:
+    report = getattr(saved, kind)
+    for result in report["results"]:
+        expected = saved.policy_sha256[result["node"]]
+        assert result["policy_sha256"] == expected
+        assert result["signature"]["transcript"]["policy_sha256"] == expected
+        if kind != "overlap":  # the grant's clip bounds, in cents for total_in_eur
+            clips = {f["figure"]: f["clip"] for f in result["signature"]["transcript"]["figures"]}
+            assert clips == {
+                "match_count": None,
+                "total_in_eur": [0, 10_000_000_000],
+                "tx_count": [0, 100_000],
+            }
+
+    def change(document: dict[str, Any]) -> None:
+        _ok_result(document)["policy_sha256"] = saved.policy_sha256["SG"]
+
+    code, _, err = saved.verify(saved.resign(_altered(report, change)), f"{kind}-policy")
+    assert code == 1
+    assert (
+        f"NOT valid: EE: policy_sha256 shows {saved.policy_sha256['SG']!r} but the node signed "
+        f"{saved.policy_sha256['EE']!r}"
+    ) in err.splitlines()[-1]
 
 
 def _ok_result(report: dict[str, Any], node: str = "EE") -> dict[str, Any]:

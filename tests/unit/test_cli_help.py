@@ -11,7 +11,19 @@ from fedtrace.cli import build_parser, main
 from fedtrace.cli.args import without_help
 
 # Every command group; every option and argument in each of them has help.
-GROUPS = ("pki", "node", "policy", "audit", "console", "query", "request", "report", "id", "demo")
+GROUPS = (
+    "pki",
+    "node",
+    "policy",
+    "audit",
+    "console",
+    "query",
+    "request",
+    "report",
+    "id",
+    "demo",
+    "monitor",
+)
 
 
 def _group(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
