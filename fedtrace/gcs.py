@@ -42,12 +42,32 @@ DEFAULT_REMAINDER_BITS = 30
 HashArray = npt.NDArray[np.uint64]
 
 
-def _hash_points(points: Sequence[bytes]) -> HashArray:
+def point_hashes(points: Sequence[bytes]) -> HashArray:
     """64-bit BLAKE2b digests of the points, as little-endian unsigned integers."""
     digests = b"".join(
         [
             hashlib.blake2b(point, digest_size=_HASH_BYTES, person=_HASH_PERSON).digest()
             for point in points
+        ]
+    )
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64, copy=False)
+
+
+_hash_points = point_hashes  # the name earlier callers use
+
+
+def point_blob_hashes(blob: bytes, point_bytes: int = 32) -> HashArray:
+    """`point_hashes` of a concatenation of ``point_bytes``-byte points (no list of points)."""
+    if len(blob) % point_bytes:
+        raise ValueError(f"{len(blob)} bytes is not a whole number of {point_bytes}-byte points")
+    view = memoryview(blob)
+    blake2b = hashlib.blake2b
+    digests = b"".join(
+        [
+            blake2b(
+                view[start : start + point_bytes], digest_size=_HASH_BYTES, person=_HASH_PERSON
+            ).digest()
+            for start in range(0, len(blob), point_bytes)
         ]
     )
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64, copy=False)
@@ -140,7 +160,7 @@ class GolombFilter:
         if self.item_count == 0:
             return [False] * len(points)
         stored = self._sorted_hashes
-        queries = _hash_points(points) % np.uint64(self.modulus)
+        queries = point_hashes(points) % np.uint64(self.modulus)
         slots = np.searchsorted(stored, queries)
         found = np.zeros(len(points), dtype=bool)
         inside = slots < len(stored)
@@ -199,11 +219,24 @@ def build_filter(
 ) -> GolombFilter:
     """Build the filter over the distinct points (duplicates are stored once)."""
     distinct = list(dict.fromkeys(points))
-    item_count = len(distinct)
+    return filter_from_hashes(point_hashes(distinct), remainder_bits)
+
+
+def filter_from_hashes(
+    hashes: HashArray, remainder_bits: int = DEFAULT_REMAINDER_BITS
+) -> GolombFilter:
+    """The filter over points given by their `point_hashes`, one hash per distinct point.
+
+    Vectorised end to end (no per-item Python): an epoch build computes the hashes
+    where it blinds and builds each partition's filter from its share of them.
+    """
+    item_count = len(hashes)
     _check_parameters(item_count, remainder_bits)
     if item_count == 0:
         return GolombFilter(0, remainder_bits, b"")
-    values = np.sort(_hash_points(distinct) % np.uint64(_modulus(item_count, remainder_bits)))
+    values = np.sort(
+        np.asarray(hashes, dtype=np.uint64) % np.uint64(_modulus(item_count, remainder_bits))
+    )
     deltas = np.diff(values, prepend=np.uint64(0))
     rice_bits = _rice_bits(remainder_bits)
     quotients = deltas >> np.uint64(rice_bits)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedtrace.errors import ConfigError
@@ -56,6 +57,70 @@ class Limits:
         return max(1, self.max_concurrent_queries // 2)
 
 
+#: `[compute] scheduler` values that are not an address.
+OWN_POOL = ""  # the node's own process pool (fedtrace.parallel)
+LOCAL_CLUSTER = "local"  # a Dask LocalCluster started for each build, one worker per core
+SCHEDULER_SCHEMES = ("tcp", "tls")
+_SCHEDULER = re.compile(
+    r"^(?P<scheme>[a-z]+)://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$"
+)
+_LOOPBACK_NAMES = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where epochs are built: the node's own cores, a local or a remote Dask cluster."""
+
+    scheduler: str = OWN_POOL  # "", "local", "tcp://127.0.0.1:8786" or "tls://host:8786"
+    tls_ca: Path | None = None  # the cluster's CA, and this node's client certificate and key
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Items per partition: an epoch of n items has 2**ceil(log2(n / partition_items))
+    # partitions, one (no partitioning) up to partition_items.
+    partition_items: int = 1_000_000
+
+    @property
+    def uses_dask(self) -> bool:
+        return self.scheduler != OWN_POOL
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_compute(compute: ComputeConfig, where: str) -> ComputeConfig:
+    """``compute`` when its scheduler can carry an epoch's secret scalar; else ConfigError."""
+    if compute.partition_items < 1:
+        raise ConfigError(f"{where}: 'partition_items' must be at least 1")
+    if compute.scheduler in (OWN_POOL, LOCAL_CLUSTER):
+        return compute
+    match = _SCHEDULER.match(compute.scheduler)
+    if not match or match.group("scheme") not in SCHEDULER_SCHEMES:
+        raise ConfigError(
+            f'{where}: scheduler {compute.scheduler!r} must be "local", tls://HOST:PORT '
+            "or (on this machine only) tcp://127.0.0.1:PORT"
+        )
+    tls_files = (compute.tls_ca, compute.tls_cert, compute.tls_key)
+    if match.group("scheme") == "tcp" and not _is_loopback(match.group("host")):
+        raise ConfigError(
+            f"{where}: scheduler {compute.scheduler!r} is not on this machine and tcp:// is "
+            "unencrypted: the epoch's secret scalar would cross the network in clear; "
+            "use tls:// with tls_ca, tls_cert and tls_key"
+        )
+    if match.group("scheme") == "tls" and not all(tls_files):
+        raise ConfigError(
+            f"{where}: a tls:// scheduler needs tls_ca, tls_cert and tls_key (the cluster's "
+            "CA and this node's client certificate and key)"
+        )
+    return compute
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_dir: Path
@@ -67,9 +132,16 @@ class NodeConfig:
     tls: TlsConfig
     limits: Limits
     datasets: tuple[DatasetConfig, ...]
+    compute: ComputeConfig = ComputeConfig()
 
     def dataset(self, name: str) -> DatasetConfig | None:
         return next((d for d in self.datasets if d.name == name), None)
+
+
+def with_scheduler(config: NodeConfig, scheduler: str) -> NodeConfig:
+    """``config`` with ``[compute] scheduler`` replaced (``node serve --scheduler``), checked."""
+    compute = replace(config.compute, scheduler=scheduler)
+    return replace(config, compute=check_compute(compute, "--scheduler"))
 
 
 def parse_listen(text: str, where: str) -> tuple[str, int]:
@@ -91,7 +163,17 @@ def load_node_config(node_dir: Path) -> NodeConfig:
     top = TableReader(
         load_toml(path, "node configuration"),
         str(path),
-        ("jurisdiction", "listen", "database", "policy", "epoch_hours", "tls", "limits", "dataset"),
+        (
+            "jurisdiction",
+            "listen",
+            "database",
+            "policy",
+            "epoch_hours",
+            "tls",
+            "limits",
+            "dataset",
+            "compute",
+        ),
     )
     jurisdiction = top.required("jurisdiction", str)
     listen = top.optional("listen", str, "127.0.0.1:7001")
@@ -162,9 +244,30 @@ def load_node_config(node_dir: Path) -> NodeConfig:
         tls=tls_config,
         limits=limits,
         datasets=datasets,
+        compute=_compute(top.optional("compute", dict, {}), node_dir, f"{path} [compute]"),
     )
     top.finish()
     return config
+
+
+def _compute(table: dict[str, object], node_dir: Path, where: str) -> ComputeConfig:
+    reader = TableReader(
+        dict(table), where, ("scheduler", "tls_ca", "tls_cert", "tls_key", "partition_items")
+    )
+
+    def path(key: str) -> Path | None:
+        value = reader.optional(key, str, "")
+        return node_dir / value if value else None
+
+    compute = ComputeConfig(
+        scheduler=reader.optional("scheduler", str, OWN_POOL),
+        tls_ca=path("tls_ca"),
+        tls_cert=path("tls_cert"),
+        tls_key=path("tls_key"),
+        partition_items=reader.optional("partition_items", int, 1_000_000),
+    )
+    reader.finish()
+    return check_compute(compute, where)
 
 
 def _dataset(table: dict[str, object], where: str) -> DatasetConfig:

@@ -14,6 +14,12 @@ For additive blinding (``fedtrace.blinding``) each epoch also derives, from its
 scalar ``b``, the public ``C = b⁻¹·G`` and ``B = b·G`` (when built and again when
 loaded: two base multiplications, so nothing new is stored), and proves once per
 node name that one ``b`` gives both, bound to (node, dataset, epoch id).
+
+A new epoch is built by `node.epochs.builder`: the items streamed from DuckDB in
+record batches, blinded on every core (or a Dask cluster, ``[compute] scheduler``)
+and, above ``[compute] partition_items`` items, split into ``2**P`` partitions each
+with its own filter (`Epoch.partition_filter`, loaded lazily from
+``epoch_partitions``; see `node.epochs.storage`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,19 @@ from pathlib import Path
 import duckdb
 
 from fedtrace import blinding, gcs, group
-from fedtrace.identifiers import InvalidIdentifier, person_keys
-from fedtrace.items import item_bytes
-from node.config import DatasetConfig
+from fedtrace.partitions import partition_count, partitioned_filter_sha256
+from node.config import ComputeConfig, DatasetConfig
+from node.epochs import builder
+from node.epochs.builder import DatasetError as DatasetError
+from node.epochs.builder import dataset_items as dataset_items
+from node.epochs.storage import (
+    EPOCHS_DDL,
+    EpochRecord,
+    PartitionIndex,
+    PartitionStore,
+    read_partition_index,
+    write_epoch,
+)
 from node.store import NodeDatabase, data_version, first_row
 from node.table_order import table_order
 
@@ -41,9 +57,9 @@ log = logging.getLogger(__name__)
 FILTER_REMAINDER_BITS = 30  # false-positive rate 2^-30 ≈ 9.3e-10 per tested item
 KEYS_DIR = "keys"
 KEY_SUFFIX = ".key"
-# A new epoch blinds its items in chunks so start-up can show items done / total. Each chunk
-# is large enough that `group.blind_items` still spreads it over every worker, and there are
-# at most BLIND_STEPS of them, so the progress costs the build nothing measurable.
+# The in-memory reference build (`_ordered_table`) blinds in chunks of at least BLIND_CHUNK,
+# large enough that `group.blind_items` still spreads each over every worker, at most
+# BLIND_STEPS of them. A new epoch streams instead (`node.epochs.builder`).
 BLIND_CHUNK = 4 * group.PARALLEL_THRESHOLD
 BLIND_STEPS = 50
 
@@ -104,19 +120,6 @@ def destroy_keys(directory: Path, dataset: str, keep: str = "") -> None:
             log.error("could not destroy the old epoch key %s: %s", path, exc.strerror)
 
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS epochs (
-    dataset VARCHAR NOT NULL, epoch_id VARCHAR NOT NULL, created TIMESTAMPTZ NOT NULL,
-    data_version BIGINT NOT NULL, definition_sha256 VARCHAR NOT NULL, secret_key BLOB NOT NULL,
-    item_count BIGINT NOT NULL, table_points BLOB NOT NULL, filter_data BLOB NOT NULL,
-    remainder_bits INTEGER NOT NULL, PRIMARY KEY (dataset, epoch_id));
-"""
-
-
-class DatasetError(Exception):
-    """The dataset's SQL failed or yielded unusable rows; a message for the operator."""
-
-
 @dataclass(frozen=True)
 class Epoch:
     dataset: str
@@ -129,6 +132,8 @@ class Epoch:
     filter_sha256: bytes
     # The secret scalar b: never leaves the node, never logged, not in repr.
     secret_key: bytes = field(repr=False)
+    # P > 0: 2**P partitions loaded on demand (`filter` is then empty: use partition_filter).
+    partitions: PartitionStore | None = field(default=None, repr=False, compare=False)
     # Derived from b, never passed in: C = b⁻¹·G and B = b·G (public, additive blinding).
     blinding_point: bytes = field(init=False)
     key_commitment: bytes = field(init=False)
@@ -137,6 +142,32 @@ class Epoch:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blinding_point", blinding.blinding_point(self.secret_key))
         object.__setattr__(self, "key_commitment", group.multiply_base(self.secret_key))
+
+    @property
+    def partition_bits(self) -> int:
+        """P: the epoch has ``2**P`` partitions (0: one, the `filter` itself)."""
+        return self.partitions.index.bits if self.partitions is not None else 0
+
+    def _check_partition(self, partition: int) -> None:
+        if not 0 <= partition < partition_count(self.partition_bits):
+            raise ValueError(
+                f"epoch {self.epoch_id} has {partition_count(self.partition_bits)} "
+                f"partition(s), not a partition {partition}"
+            )
+
+    def partition_filter(self, partition: int) -> gcs.GolombFilter:
+        """Partition ``partition``'s filter (loaded from the database when P > 0, LRU-cached)."""
+        self._check_partition(partition)
+        if self.partitions is None:
+            return self.filter
+        return self.partitions.filter(partition)
+
+    def partition_sha256(self, partition: int) -> bytes:
+        """SHA-256 of partition ``partition``'s filter data, without loading it."""
+        self._check_partition(partition)
+        if self.partitions is None:
+            return self.filter_sha256
+        return self.partitions.index.digests[partition]
 
     def blinding_proof(self, node: str) -> bytes:
         """The Chaum–Pedersen proof that ``C = b⁻¹·G`` for ``B = b·G``, bound to this epoch."""
@@ -160,57 +191,12 @@ def definition_sha256(dataset: DatasetConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def dataset_items(con: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[bytes]:
-    """The distinct identifier items of a dataset, encoded for hashing to the group."""
-    try:
-        relation = con.sql(dataset.sql)
-        columns = relation.columns
-        if dataset.kind == "wallet":
-            if dataset.key_column not in columns:
-                raise DatasetError(
-                    f"dataset {dataset.name!r}: SQL has no column {dataset.key_column!r}"
-                )
-            return _wallet_items(relation, dataset.key_column)
-        rows = relation.fetchall()
-    except duckdb.Error as exc:
-        raise DatasetError(
-            f"dataset {dataset.name!r}: its SQL failed: {str(exc).splitlines()[0]}"
-        ) from None
-    needed = ("full_name", "date_of_birth", "document_number")
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise DatasetError(f"dataset {dataset.name!r}: SQL lacks column(s) {', '.join(missing)}")
-    name_i, dob_i, doc_i = (columns.index(c) for c in needed)
-    person_items: set[bytes] = set()
-    for row in rows:
-        try:
-            keys = person_keys(str(row[name_i]), str(row[dob_i]), row[doc_i] or None)
-        except InvalidIdentifier:
-            continue  # cannot happen for ingested rows; ingest validated them
-        person_items.update(item_bytes("person", str(key)) for key in keys)
-    return sorted(person_items)
-
-
-def _wallet_items(relation: duckdb.DuckDBPyRelation, key_column: str) -> list[bytes]:
-    # Only the key column, deduplicated by DuckDB: fetching every column of a
-    # million-row dataset into Python tuples took longer than hashing it. The
-    # order does not matter (the table is shuffled) but is kept stable for tests.
-    quoted = '"' + key_column.replace('"', '""') + '"'
-    keys = (
-        relation.filter(f"{quoted} IS NOT NULL")
-        .aggregate(quoted)  # GROUP BY the key: its distinct values
-        .order(quoted)
-        .fetchnumpy()[key_column]
-    )
-    prefix = item_bytes("wallet", "")
-    return [prefix + str(key).encode("utf-8") for key in keys]
-
-
 def _ordered_table(
     dataset: str, items: list[bytes], key: bytes, blinded: BlindingProgress | None
 ) -> list[bytes]:
     """The epoch table {H(y)^key} in its key-derived secret order (`node.table_order`),
-    blinded chunk by chunk, each chunk reported to ``blinded``."""
+    blinded chunk by chunk, each chunk reported to ``blinded``: the whole table as a list,
+    the reference a streamed build (`node.epochs.builder.build_table`) must equal."""
     step = max(BLIND_CHUNK, -(-len(items) // BLIND_STEPS))
     points: list[bytes] = []
     for start in range(0, len(items), step):
@@ -228,70 +214,113 @@ def current_epoch(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     blinded: BlindingProgress | None = None,
+    compute: ComputeConfig | None = None,
 ) -> Epoch:
     """The dataset's epoch in force now, reusing the persisted one while it is current.
 
     ``progress`` hears what is being done; ``blinded`` hears, chunk by chunk, how many
-    of a new epoch's items are blinded.
+    of a new epoch's items are blinded. ``compute`` says where a new epoch is built
+    (default: this machine's cores) and from what size it is partitioned.
     """
     now = now or datetime.now(UTC)
+    compute = compute or ComputeConfig()
     definition = definition_sha256(dataset)
     directory = keys_dir(database)
+    key = group.random_scalar()
     with database.session() as con:
-        con.execute(_DDL)
+        con.execute(EPOCHS_DDL)
         version = data_version(con)
-        stored = _load_latest(con, dataset.name, directory)
+        stored = _load_latest(con, database, dataset.name, directory)
         if stored is not None and stored.is_current(version, definition, now, epoch_hours):
             return stored
-        items = dataset_items(con, dataset)
-    # Blinding takes long on big datasets: it runs with the database released.
-    if progress:
-        progress(f"dataset {dataset.name}: blinding {len(items):,} items for a new epoch")
-    key = group.random_scalar()
-    # In a key-derived secret order, so aggregates can map rows back to items (node.table_order).
-    table = _ordered_table(dataset.name, items, key, blinded)
-    filter_ = gcs.build_filter(table, remainder_bits=FILTER_REMAINDER_BITS)
-    epoch = Epoch(
+        # The items stream from this session while they are blinded: the database is
+        # held for the build (another process waits, as it waits for an ingest).
+        items = builder.open_item_stream(con, dataset)
+        if progress:
+            progress(f"dataset {dataset.name}: blinding {items.count:,} items for a new epoch")
+        with builder.blinder_for(compute, database.path.parent, items.count) as blinder:
+            built = builder.build_table(
+                items,
+                key,
+                blinder,
+                remainder_bits=FILTER_REMAINDER_BITS,
+                partition_items=compute.partition_items,
+                blinded=(lambda done, total: blinded(dataset.name, done, total))
+                if blinded
+                else None,
+            )
+    record = EpochRecord(
         dataset=dataset.name,
         epoch_id=secrets.token_hex(8),
         created=now,
         data_version=version,
         definition_sha256=definition,
-        item_count=len(items),
-        filter=filter_,
-        filter_sha256=hashlib.sha256(filter_.data).digest(),
-        secret_key=key,
+        item_count=built.item_count,
+        # No copy: DuckDB reads the array itself (an empty view cannot be cast: plain bytes).
+        table_points=built.table.reshape(-1).data if built.table.size else b"",
+        remainder_bits=FILTER_REMAINDER_BITS,
+        filters=built.filters,
     )
-    write_key(directory, dataset.name, epoch.epoch_id, key)
-    with database.session() as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            # The old epoch's scalar goes with it: answers under it can no longer be produced.
-            con.execute("DELETE FROM epochs WHERE dataset = ?", [dataset.name])
-            con.execute(
-                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    dataset.name,
-                    epoch.epoch_id,
-                    now,
-                    version,
-                    definition,
-                    b"",  # the scalar is in its key file, never in the database
-                    len(items),
-                    b"".join(table),
-                    filter_.data,
-                    filter_.remainder_bits,
-                ],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            destroy_keys(directory, dataset.name, keep=stored.epoch_id if stored else "")
-            raise
+    write_key(directory, dataset.name, record.epoch_id, key)
+    try:
+        with database.session() as con:
+            write_epoch(con, record)
+    except BaseException:
+        destroy_keys(directory, dataset.name, keep=stored.epoch_id if stored else "")
+        raise
     # The old epoch's scalar goes with it: answers under it can no longer be produced.
-    destroy_keys(directory, dataset.name, keep=epoch.epoch_id)
-    log.info("dataset %s: new epoch %s over %d items", dataset.name, epoch.epoch_id, len(items))
-    return epoch
+    destroy_keys(directory, dataset.name, keep=record.epoch_id)
+    log.info(
+        "dataset %s: new epoch %s over %d items in %d partition(s)",
+        dataset.name,
+        record.epoch_id,
+        record.item_count,
+        len(record.filters),
+    )
+    return _epoch(database, record, key)
+
+
+def _epoch(database: NodeDatabase, record: EpochRecord, key: bytes) -> Epoch:
+    index = None
+    if record.partition_bits:
+        index = PartitionIndex(
+            item_counts=tuple(f.item_count for f in record.filters),
+            digests=tuple(hashlib.sha256(f.data).digest() for f in record.filters),
+        )
+    filter_ = record.filters[0] if index is None else _empty_filter(record.remainder_bits)
+    return _assemble(database, record.dataset, record.epoch_id, index, filter_, key, record)
+
+
+def _empty_filter(remainder_bits: int) -> gcs.GolombFilter:
+    return gcs.GolombFilter(0, remainder_bits, b"")
+
+
+def _assemble(
+    database: NodeDatabase,
+    dataset: str,
+    epoch_id: str,
+    index: PartitionIndex | None,
+    filter_: gcs.GolombFilter,
+    key: bytes,
+    record: EpochRecord | _StoredRow,
+) -> Epoch:
+    partitions = None
+    digest = hashlib.sha256(filter_.data).digest()
+    if index is not None:
+        partitions = PartitionStore(database, dataset, epoch_id, filter_.remainder_bits, index)
+        digest = partitioned_filter_sha256(index.bits, index.digests)
+    return Epoch(
+        dataset=dataset,
+        epoch_id=epoch_id,
+        created=record.created,
+        data_version=record.data_version,
+        definition_sha256=record.definition_sha256,
+        item_count=record.item_count,
+        filter=filter_,
+        filter_sha256=digest,
+        secret_key=key,
+        partitions=partitions,
+    )
 
 
 def epoch_is_current(
@@ -303,7 +332,17 @@ def epoch_is_current(
     return epoch.is_current(version, definition_sha256(dataset), datetime.now(UTC), epoch_hours)
 
 
-def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str, directory: Path) -> Epoch | None:
+@dataclass(frozen=True)
+class _StoredRow:
+    created: datetime
+    data_version: int
+    definition_sha256: str
+    item_count: int
+
+
+def _load_latest(
+    con: duckdb.DuckDBPyConnection, database: NodeDatabase, dataset: str, directory: Path
+) -> Epoch | None:
     row = first_row(
         con,
         "SELECT epoch_id, created, data_version, definition_sha256, secret_key, item_count, "
@@ -339,15 +378,10 @@ def _load_latest(con: duckdb.DuckDBPyConnection, dataset: str, directory: Path) 
             )
             return None
         key = found
-    filter_ = gcs.GolombFilter.from_bytes(int(count), int(bits), bytes(filter_data))
-    return Epoch(
-        dataset=dataset,
-        epoch_id=str(epoch_id),
-        created=created,
-        data_version=int(version),
-        definition_sha256=str(definition),
-        item_count=int(count),
-        filter=filter_,
-        filter_sha256=hashlib.sha256(filter_.data).digest(),
-        secret_key=key,
-    )
+    index = read_partition_index(con, dataset, str(epoch_id))
+    if index is None:
+        filter_ = gcs.GolombFilter.from_bytes(int(count), int(bits), bytes(filter_data))
+    else:
+        filter_ = _empty_filter(int(bits))
+    row_values = _StoredRow(created, int(version), str(definition), int(count))
+    return _assemble(database, dataset, str(epoch_id), index, filter_, key, row_values)

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fedtrace import parallel
 from fedtrace.errors import ConfigError, FedtraceError
 from fedtrace.logs import LogFormat, configure_logging, context
 from fedtrace.pki import ROLE_NODE, PkiError, read_key_pem, verify_issued_by
@@ -30,7 +31,7 @@ from node import store
 from node.audit import AUDIT_DIR, AuditLog
 from node.audit.anchor import anchor_genesis, close_trail, open_trail
 from node.auth import IdentityInterceptor
-from node.config import NodeConfig, load_node_config, parse_listen
+from node.config import NodeConfig, load_node_config, parse_listen, with_scheduler
 from node.epoch import BlindingProgress, DatasetError, current_epoch, epoch_is_current
 from node.gate import Gate
 from node.metrics import NodeMetrics, start_metrics_server, stop_metrics_server
@@ -227,7 +228,12 @@ def load_state(
     for dataset in config.datasets:
         try:
             epochs[dataset.name] = current_epoch(
-                database, dataset, config.epoch_hours, progress=progress, blinded=blinded
+                database,
+                dataset,
+                config.epoch_hours,
+                progress=progress,
+                blinded=blinded,
+                compute=config.compute,
             )
         except DatasetError as exc:
             raise ConfigError(f"{config.node_dir / 'node.toml'}: {exc}") from None
@@ -327,6 +333,7 @@ def refresh_epochs(state: NodeState, stop: threading.Event, every_seconds: float
                         state.config.epoch_hours,
                         progress=lambda message: log.info("%s", message),
                         blinded=log_blinded,
+                        compute=state.config.compute,
                     )
             except Exception:  # noqa: BLE001 - keep serving the current epoch; say why
                 log.exception("dataset %s: could not start a new epoch", dataset.name)
@@ -338,15 +345,19 @@ def serve(
     *,
     log_format: LogFormat | None = None,
     metrics_listen: str | None = None,
+    scheduler: str | None = None,
 ) -> int:
     """Run the node until SIGTERM or SIGINT; in-flight calls finish, then the server exits.
 
     `log_format` is "json" or "text" (None: text on a terminal, JSON otherwise);
     `metrics_listen` (HOST:PORT) serves Prometheus metrics over plain HTTP. Under
     systemd (Type=notify) the node says READY once it serves and STOPPING on a signal.
+    `scheduler` overrides node.toml's ``[compute] scheduler`` (where epochs are built).
     """
     configure_logging(log_format, logging.INFO, sys.stderr)
     config = load_node_config(node_dir)
+    if scheduler is not None:
+        config = with_scheduler(config, scheduler)
     # Everything that can be checked in a moment fails here, before any blinding.
     lock_node_dir(node_dir)
     check_certificate(config)
@@ -387,6 +398,9 @@ def serve(
         name="policy-watcher",
     )
     watcher.start()
+    # A node restarted onto stored epochs (or building on Dask) has not started its process
+    # pool; started now, in the background, a 10,000-point request already uses every core.
+    threading.Thread(target=parallel.warm_pool, daemon=True, name="pool-warmer").start()
     host, _ = parse_listen(listen or config.listen, "--listen")
     # The one line on stdout: operators and the local-federation harness read the bound port here.
     sys.stdout.write(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}\n")

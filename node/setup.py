@@ -71,6 +71,14 @@ max_items_per_request = 2000000
 # max_pending_aggregates_per_partner = 8  # open aggregate round-1s per partner
 # first_message_seconds = 10              # a query stream's header must arrive by then
 
+# Where epochs are built (docs/scale-out.md). Default: this machine's cores.
+# [compute]
+# scheduler = "tls://dask-scheduler.example:8786"  # or "local": a LocalCluster per build
+# tls_ca = "compute/ca.pem"           # the cluster's CA; this node's client cert and key:
+# tls_cert = "compute/cert.pem"
+# tls_key = "compute/key.pem"
+# partition_items = 1000000           # above this many items an epoch is partitioned
+
 # Datasets: SQL over the node's tables, one row per identifier.
 [[dataset]]
 name = "wallets"

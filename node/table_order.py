@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from fedtrace import group
 
@@ -22,13 +23,18 @@ _ORDER_DOMAIN = b"fedtrace-v1 epoch table order\x00"
 _KEY_BYTES = 8
 
 
-def table_order(count: int, key: bytes) -> list[int]:
-    """Row j of the epoch table holds item ``table_order(count, key)[j]`` of the sorted items."""
+def table_permutation(count: int, key: bytes) -> npt.NDArray[np.intp]:
+    """`table_order` as a numpy index array (no Python list: an epoch build of millions)."""
     if count < 2:
-        return list(range(count))
+        return np.arange(count, dtype=np.intp)
     stream = hashlib.shake_256(_ORDER_DOMAIN + key).digest(_KEY_BYTES * count)
     draws = np.frombuffer(stream, dtype="<u8")
-    order: list[int] = np.argsort(draws, kind="stable").tolist()
+    return np.argsort(draws, kind="stable").astype(np.intp, copy=False)
+
+
+def table_order(count: int, key: bytes) -> list[int]:
+    """Row j of the epoch table holds item ``table_order(count, key)[j]`` of the sorted items."""
+    order: list[int] = table_permutation(count, key).tolist()
     return order
 
 

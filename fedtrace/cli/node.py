@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import textwrap
@@ -117,6 +116,8 @@ def _node_rejects(args: argparse.Namespace) -> int:
 def render_rejects(rows: Sequence[RejectedRow], fmt: str) -> str:
     """The rejected rows as JSON, or a table that fits the terminal."""
     if fmt == "json":
+        import dataclasses  # not at the top: `fedtrace --help` does not need it (with inspect)
+
         return (
             json.dumps([dataclasses.asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
         )
@@ -142,7 +143,11 @@ def _node_serve(args: argparse.Namespace) -> int:
     from node.server import serve
 
     return serve(
-        Path(args.node_dir), args.listen, log_format=args.log_format, metrics_listen=args.metrics
+        Path(args.node_dir),
+        args.listen,
+        log_format=args.log_format,
+        metrics_listen=args.metrics,
+        scheduler=args.scheduler,
     )
 
 
@@ -202,6 +207,46 @@ def _add_officer_request_commands(node: Any) -> None:
         help="why it is refused (recorded with the decision)",
     )
     p.set_defaults(run=_node_refuse)
+
+
+def _node_monitor_export(args: argparse.Namespace) -> int:
+    from node.audit import AUDIT_DIR
+    from node.audit.show import entries
+    from node.config import load_node_config
+    from node.openings import export, parse_since
+    from node.store import NodeDatabase
+
+    node_dir = Path(args.node_dir)
+    config = load_node_config(node_dir)
+    summary = export(
+        NodeDatabase(config.database),
+        entries(node_dir / AUDIT_DIR),
+        config.jurisdiction,
+        args.monitor,
+        Path(args.out),
+        parse_since(args.since) if args.since else None,
+    )
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2))
+    else:
+        print(summary.line())
+    return ExitCode.OK
+
+
+def _add_monitor_export(node: Any) -> None:
+    p = node.add_parser(
+        "monitor-export",
+        help="write one monitor's share of the sealed openings this node kept",
+        description="Write the sealed openings kept for MONITOR (with the points received, "
+        "the node's answers and the epochs' position tags) to a new directory, for the "
+        "monitor's 'fedtrace monitor verify'. DIR must not exist or be empty.",
+    )
+    p.add_argument("node_dir", metavar="NODE_DIR", help="the node directory")
+    p.add_argument("--monitor", required=True, metavar="NAME", help="the monitor, e.g. OVS")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    p.add_argument("--since", metavar="ISO", help="only queries received since this time")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=_node_monitor_export)
 
 
 def register(commands: Any) -> None:
@@ -280,6 +325,12 @@ def register(commands: Any) -> None:
         help="log lines on stderr: text, or one JSON object per line "
         "(default: text on a terminal, json otherwise)",
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="build epochs on this Dask cluster: tls://HOST:PORT, tcp://127.0.0.1:PORT or "
+        "'local' (overrides node.toml [compute] scheduler; default: this machine's cores)",
+    )
     p.set_defaults(run=_node_serve)
     _add_officer_request_commands(node)
     add_freeze_commands(node)
@@ -291,3 +342,4 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(run=_node_shared)
     add_node_health(node)
+    _add_monitor_export(node)
