@@ -28,18 +28,23 @@ from dataclasses import dataclass
 
 import grpc
 
-from coordinator.epoch_cache import FilterCache, checked_epoch_id
+from coordinator import sealing
+from coordinator.epoch_cache import FilterCache, checked_epoch_id, fetch_partitions
 from coordinator.fanout import Deadline, NodeTrust, checked_info, dataset_info, fan_out
 from coordinator.federation import Federation, NodeEntry
+from coordinator.hash_cache import HashCache
+from coordinator.heads import HeadWitness, head_of
 from coordinator.pools import PoolStore
 from coordinator.progress import Progress, silent
-from coordinator.results import NodeFailure, NodeResult
+from coordinator.results import NodeFailure, NodeResult, policy_digest
 from coordinator.transport import Connections, NodeConnection
 from fedtrace import blinding, gcs, group, psi
 from fedtrace.items import item_bytes
+from fedtrace.opening import Blinding
+from fedtrace.partitions import PartitionedFilter
 from fedtrace.pki import verify_signature
 from fedtrace.revocation import RevocationList
-from fedtrace.transcript import SIGNATURE_ALGORITHM, Transcript
+from fedtrace.transcript import SIGNATURE_ALGORITHM, TRANSCRIPT_VERSION, Transcript
 from fedtrace.v1 import node_pb2
 from fedtrace.wire import POINTS_PER_BATCH, Level, NodeStatus, batched
 
@@ -65,9 +70,11 @@ class Blinded:
         points: list[bytes],
         unblind: Callable[[Sequence[bytes]], list[bytes]],
         blinding_point: bytes = b"",
+        secret: Blinding | None = None,  # what a sealed opening reveals to a monitor
     ) -> None:
         self.points = points
         self.unblind = unblind
+        self.secret = secret
         self.additive = bool(blinding_point)
         self.mode = blinding.ADDITIVE if self.additive else blinding.MULTIPLICATIVE
         self.blinding_point_sha256 = (
@@ -79,8 +86,18 @@ class WatchlistBlinding:
     """The watchlist's blindings for one query: multiplicative (shared, made on first use)
     and additive (hashed once, then one pool per node)."""
 
-    def __init__(self, query: MatchQuery, pools: PoolStore | None, report: Progress) -> None:
+    def __init__(
+        self,
+        query: MatchQuery,
+        pools: PoolStore | None,
+        report: Progress,
+        sealer: sealing.Sealer | None = None,
+        hashes: HashCache | None = None,  # H(x) remembered across queries (one client's)
+    ) -> None:
         self._items = [item_bytes(query.kind, item) for item in query.items]
+        self._hashes = hashes
+        self._investigator = query.investigator
+        self._sealer = sealer
         self._pools = pools if query.disclosure != Level.CARDINALITY else None
         self._report = report
         self._lock = threading.Lock()
@@ -91,8 +108,11 @@ class WatchlistBlinding:
         with self._lock:
             if self._multiplicative is None:
                 self._report("*", f"blinding {len(self._items):,} watchlist items")
-                query = psi.BlindedQuery(self._items)
-                self._multiplicative = Blinded(query.blinded, query.unblind)
+                hashed = self._hashes.points(self._items) if self._hashes is not None else None
+                query = psi.BlindedQuery(self._items, hashed=hashed)
+                self._multiplicative = Blinded(
+                    query.blinded, query.unblind, secret=sealing.multiplicative(query.scalar)
+                )
             return self._multiplicative
 
     def additive(self, node: str, dataset: node_pb2.DatasetInfo) -> Blinded | None:
@@ -115,7 +135,8 @@ class WatchlistBlinding:
             return None
         with self._lock:
             if self._hashed is None:
-                self._hashed = group.hash_to_group_many(self._items)
+                hashes = self._hashes if self._hashes is not None else HashCache(0)
+                self._hashed = hashes.points(self._items)
             hashed = self._hashed
         self._report(node, f"additive blinding of {count:,} items from the pool")
         points, entries = blinding.blind_hashed(hashed, pool, binding)
@@ -123,6 +144,26 @@ class WatchlistBlinding:
             points,
             lambda answers: blinding.unblind(answers, entries),
             binding.blinding_point,
+            sealing.additive(binding.blinding_point, [entry.scalar for entry in entries]),
+        )
+
+    def sealed(
+        self, node: str, dataset: node_pb2.DatasetInfo, blinded: Blinded
+    ) -> Callable[[node_pb2.QueryContext, str], list[node_pb2.SealedOpening]] | None:
+        """The sealed openings of `blinded` for the monitors `node` demands, per query context."""
+        sealer, secret = self._sealer, blinded.secret
+        if sealer is None or secret is None or not dataset.monitors:
+            return None
+        return lambda context, epoch_id: sealer.points_openings(
+            node,
+            dataset,
+            "match",
+            epoch_id,
+            context,
+            self._investigator,
+            blinded.points,
+            self._items,
+            secret,
         )
 
 
@@ -137,22 +178,27 @@ def run_match(
     progress: Progress | None = None,
     revoked: RevocationList | None = None,
     pools: PoolStore | None = None,
+    hashes: HashCache | None = None,
 ) -> list[NodeResult]:
     """Run one match query against the selected nodes; results in roster order.
 
-    With `pools`, nodes with enough prepared entries get additive blinding.
+    With `pools`, nodes with enough prepared entries get additive blinding; with
+    `hashes`, watchlist items hashed by an earlier query are not hashed again.
     """
     entries = list(nodes or federation.nodes)
     filters = cache or FilterCache(None)
     report = progress or silent
     trust = NodeTrust(ca_pem, revoked)
     deadline = Deadline.after(federation.deadline_seconds)
-    blindings = WatchlistBlinding(query, pools, report)
+    blindings = WatchlistBlinding(query, pools, report, sealing.Sealer(federation), hashes)
+    heads = HeadWitness()
     if pools is None:
         blindings.multiplicative()  # today's order: blind once, before any node is asked
 
     def exchange(entry: NodeEntry, connection: NodeConnection) -> NodeResult:
-        return _query_node(entry, connection, query, blindings, trust, filters, deadline, report)
+        return _query_node(
+            entry, connection, query, blindings, trust, filters, deadline, report, heads
+        )
 
     results = []
     for outcome in fan_out(entries, connections, deadline, exchange, report):
@@ -172,11 +218,13 @@ def _query_node(
     cache: FilterCache,
     deadline: Deadline,
     report: Progress,
+    heads: HeadWitness,
 ) -> NodeResult:
     additive_refused = False
     attempt = 0
     while attempt < 2:
         info, node_cert = checked_info(entry, connection, deadline, trust, report)
+        heads.check(entry.name, info, node_cert)
         dataset = dataset_info(entry, info, query.dataset)
         if dataset.identifier_kind != query.kind:
             raise NodeFailure(
@@ -186,13 +234,21 @@ def _query_node(
             )
         epoch_id = checked_epoch_id(entry.name, dataset.epoch_id)
         filter_, filter_sha = _filter(
-            entry, connection, query.dataset, epoch_id, cache, deadline, report
+            entry,
+            connection,
+            query.dataset,
+            epoch_id,
+            cache,
+            deadline,
+            report,
+            dataset.filter_partition_bits,
         )
         blinded = None if additive_refused else blindings.additive(entry.name, dataset)
         blinded = blinded or blindings.multiplicative()
+        seal = blindings.sealed(entry.name, dataset, blinded)
         report(entry.name, f"evaluating {len(query.items):,} blinded items")
         try:
-            return _evaluate(
+            result = _evaluate(
                 entry,
                 connection,
                 query,
@@ -202,7 +258,10 @@ def _query_node(
                 epoch_id,
                 node_cert,
                 deadline,
+                seal,
             )
+            result.audit_head = heads.admit(entry.name, result.audit_head, node_cert, answer=True)
+            return result
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
@@ -225,11 +284,22 @@ def _filter(
     cache: FilterCache,
     deadline: Deadline,
     report: Progress,
-) -> tuple[gcs.GolombFilter, str]:
+    partition_bits: int = 0,
+) -> tuple[PartitionedFilter, str]:
     key = (entry.name, dataset, epoch_id)
+    if partition_bits:  # a partitioned epoch: every partition on disk, tested one at a time
+        return fetch_partitions(
+            entry.name,
+            connection,
+            key,
+            partition_bits,
+            cache.partitions,
+            deadline.remaining,
+            report,
+        )
     cached = cache.get(key)
     if cached is not None:
-        return cached, hashlib.sha256(cached.data).hexdigest()
+        return PartitionedFilter.of(0, [cached]), hashlib.sha256(cached.data).hexdigest()
     report(entry.name, "fetching the epoch filter")
     chunks = connection.filter(
         node_pb2.GetFilterRequest(dataset=dataset, epoch_id=epoch_id), deadline.remaining()
@@ -243,6 +313,12 @@ def _filter(
             NodeStatus.ERROR,
             f"{entry.name} sent a filter of kind {header.filter_kind!r} "
             f"for epoch {header.epoch_id!r}; expected gcs-v1, {epoch_id}",
+        )
+    if header.partition_bits or header.offset:
+        raise NodeFailure(
+            NodeStatus.ERROR,
+            f"{entry.name} sent one partition of a partitioned filter (or part of a filter) "
+            "for an epoch it announced unpartitioned",
         )
     parts: list[bytes] = []
     received = 0
@@ -263,7 +339,7 @@ def _filter(
     except ValueError as exc:
         raise NodeFailure(NodeStatus.ERROR, f"{entry.name}'s filter is malformed: {exc}") from None
     cache.put(key, filter_)
-    return filter_, header.sha256.hex()
+    return PartitionedFilter.of(0, [filter_]), header.sha256.hex()
 
 
 def _requests(header: node_pb2.EvaluateHeader, blob: bytes) -> Iterator[node_pb2.EvaluateRequest]:
@@ -278,11 +354,12 @@ def _evaluate(
     connection: NodeConnection,
     query: MatchQuery,
     blinded: Blinded,
-    filter_: gcs.GolombFilter,
+    filter_: PartitionedFilter,
     filter_sha: str,
     epoch_id: str,
     node_cert: bytes,
     deadline: Deadline,
+    seal: Callable[[node_pb2.QueryContext, str], list[node_pb2.SealedOpening]] | None = None,
 ) -> NodeResult:
     context = node_pb2.QueryContext(
         case_ref=query.case_ref,
@@ -300,6 +377,7 @@ def _evaluate(
         if blinded.additive
         else node_pb2.BLINDING_MULTIPLICATIVE,
     )
+    header.openings.extend(seal(context, epoch_id) if seal is not None else [])
     sent = b"".join(blinded.points)
     responses = connection.evaluate(_requests(header, sent), deadline.remaining())
     summary: node_pb2.EvaluateSummary | None = None
@@ -348,6 +426,8 @@ def _evaluate(
         response_sha256=digest.hexdigest(),
         blinding=blinded.mode,
         blinding_point_sha256=blinded.blinding_point_sha256,
+        policy_sha256=policy_digest(entry.name, summary.policy_sha256),
+        v=TRANSCRIPT_VERSION,
     )
     return _result(
         entry, query, blinded, points, filter_, summary, answered, transcript, trailer, node_cert
@@ -359,7 +439,7 @@ def _result(
     query: MatchQuery,
     blinded: Blinded,
     points: list[bytes],
-    filter_: gcs.GolombFilter,
+    filter_: PartitionedFilter,
     summary: node_pb2.EvaluateSummary,
     level: Level | None,
     transcript: Transcript,
@@ -380,13 +460,14 @@ def _result(
         raise NodeFailure(
             NodeStatus.ERROR, f"{entry.name} answered an invalid point: {exc}"
         ) from None
-    hits = psi.membership(unblinded, filter_)
+    hits = filter_.contains(unblinded)
     result = NodeResult(
         node=entry.name,
         status=NodeStatus.OK,
         disclosure=transcript.disclosure,
         match_count=sum(hits),
         policy_version=summary.policy_version,
+        policy_sha256=transcript.policy_sha256,
         epoch_id=summary.epoch_id,
         tested_items=len(hits),
         false_positive_bits=filter_.remainder_bits,
@@ -397,6 +478,7 @@ def _result(
             "value": trailer.signature.hex(),
             "certificate_pem": node_cert.decode(),
         },
+        audit_head=head_of(trailer),
     )
     if not summary.shuffled and level in (Level.MEMBERSHIP, Level.DISCLOSURE_REQUEST):
         result.matched = [item for item, hit in zip(query.items, hits, strict=True) if hit]

@@ -37,6 +37,7 @@ from coordinator.followup import (
     request_status,
     submit_request,
 )
+from coordinator.hash_cache import HashCache
 from coordinator.match import MatchQuery, run_match
 from coordinator.overlap import OverlapOutcome, OverlapQuery, run_overlap
 from coordinator.overlap_report import render as render_overlap
@@ -233,11 +234,13 @@ class FederationClient:
         self._tags = tags if tags is not None else TagCache.default()
         self._datasets = datasets if datasets is not None else DatasetCatalogue.default(federation)
         self._pools = PoolStore.default()  # additive blinding entries, filled by prepare()
+        self._hashes = HashCache()  # H(x) of watched items, in memory only, for repeat matches
 
     # --- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every channel this client opened."""
+        """Close every channel this client opened (and forget the watchlist's hashes)."""
+        self._hashes.clear()
         if self._owned is not None:
             self._owned.close()
 
@@ -328,6 +331,7 @@ class FederationClient:
             progress=self.progress,
             revoked=self._trust.revoked,
             pools=self._pools,
+            hashes=self._hashes,
         )
         document = match_report_json(
             case, "match", dataset, results, watchlist.summary, legal_basis

@@ -41,6 +41,9 @@ from fedtrace import group, parallel
 ENTRY_BYTES = group.SCALAR_BYTES + 2 * group.POINT_BYTES
 #: Pools larger than this are prepared on the process pool.
 PARALLEL_THRESHOLD = 2_000
+#: Online additions and subtractions (~18 µs each: both operands are decoded) are spread
+#: over the process pool above this many points, when the pool is already running.
+ONLINE_PARALLEL_THRESHOLD = 5_000
 
 _MAGIC = b"FTAB"
 _FORMAT_VERSION = 1
@@ -300,8 +303,8 @@ def _blind_checked_points(
             f"{binding.epoch_id} (or announces another blinding point)"
         )
     entries = pool.take(len(points))
-    add = _add
-    return [add(point, entry.masked) for point, entry in zip(points, entries, strict=True)], entries
+    masks = [entry.masked for entry in entries]
+    return _online(_add_chunk, points, masks), entries
 
 
 def blind_hashed(
@@ -328,22 +331,62 @@ def unblind(answers: Sequence[bytes], entries: Sequence[PoolEntry]) -> list[byte
     """``b·P − r·G`` for each answer: ``b·H(x)``, validating every received point."""
     if len(answers) != len(entries):
         raise ValueError(f"the node answered {len(answers)} points for {len(entries)} blinded")
+    unmasks = [entry.unmask for entry in entries]
+    for index, answer in enumerate(answers):
+        if len(answer) != group.POINT_BYTES:  # report the first bad answer, whatever its fault
+            _unblind_chunk(b"".join(answers[:index]), b"".join(unmasks[:index]), 0)
+            group.validate_point(answer, index)  # raises, naming the reason
+    return _online(_unblind_chunk, answers, unmasks)
+
+
+def _online(
+    task: Callable[[bytes, bytes, int], bytes], points: Sequence[bytes], others: Sequence[bytes]
+) -> list[bytes]:
+    """``task`` over 32-byte ``points`` paired with ``others``: on the running pool when large."""
+    workers = parallel.default_workers(None)
+    count = len(points)
+    if workers == 1 or count <= ONLINE_PARALLEL_THRESHOLD or not group.pool_ready(workers):
+        return group.split_points(task(b"".join(points), b"".join(others), 0))
+    chunk_args: list[tuple[object, ...]] = [
+        (b"".join(points[start:stop]), b"".join(others[start:stop]), start)
+        for start, stop in parallel.chunk_bounds(count, workers * _CHUNKS_PER_WORKER)
+    ]
+    return group.split_points(b"".join(parallel.run_chunks(task, chunk_args, workers)))
+
+
+# Pool tasks for the online step: two concatenations of 32-byte points in, one out.
+
+
+def _add_chunk(points_blob: bytes, masks_blob: bytes, offset: int) -> bytes:
+    add, size = _add, group.POINT_BYTES
+    return b"".join(
+        [
+            add(points_blob[start : start + size], masks_blob[start : start + size])
+            for start in range(0, len(points_blob), size)
+        ]
+    )
+
+
+def _unblind_chunk(answers_blob: bytes, unmasks_blob: bytes, offset: int) -> bytes:
     identity = bytes(group.POINT_BYTES)
     sub = _sub
     results = []
-    for index, (answer, entry) in enumerate(zip(answers, entries, strict=True)):
+    answers = group.split_points(answers_blob)
+    unmasks = group.split_points(unmasks_blob)
+    for position, (answer, unmask) in enumerate(zip(answers, unmasks, strict=True)):
+        index = offset + position
         if len(answer) != group.POINT_BYTES or answer == identity or answer[31] & 0x80:
             group.validate_point(answer, index)  # raises, naming the reason
         # libsodium decodes (and so validates) both operands; for an invalid one it
         # fails and rbcl returns 32 zero bytes, so one identity test after the
         # subtraction replaces a separate decode of every answer.
-        result = sub(answer, entry.unmask)
+        result = sub(answer, unmask)
         if result == identity:
             group.validate_point(answer, index)  # an invalid encoding: raises
             # A valid answer equal to r·G: only a party that knows r·G can send it.
             raise group.InvalidPoint("answer unblinds to the identity", index)
         results.append(result)
-    return results
+    return b"".join(results)
 
 
 def _pack_text(value: str) -> bytes:

@@ -29,13 +29,31 @@ _SHUFFLE_KEY_BYTES = 8
 class BlindedQuery:
     """The coordinator's side of one query; holds a fresh secret scalar ``a``."""
 
-    def __init__(self, items: Sequence[bytes], *, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        items: Sequence[bytes],
+        *,
+        workers: int | None = None,
+        hashed: Sequence[bytes] | None = None,
+    ) -> None:
+        """Blind ``items``; ``hashed``, when given, is already ``hash_to_group`` of each
+        (a coordinator's cache), so only the multiplication remains."""
         self._scalar = group.random_scalar()
         self._workers = workers
-        self.blinded: list[bytes] = group.blind_items(items, self._scalar, workers=workers)
+        if hashed is None:
+            self.blinded: list[bytes] = group.blind_items(items, self._scalar, workers=workers)
+        elif len(hashed) != len(items):
+            raise ValueError(f"{len(hashed)} hashed points for {len(items)} items")
+        else:
+            self.blinded = group.exponentiate(hashed, self._scalar, workers=workers)
 
     def __repr__(self) -> str:
         return f"BlindedQuery(<{len(self.blinded)} items>)"
+
+    @property
+    def scalar(self) -> bytes:
+        """The secret blinding scalar ``a``: only for sealing it to a monitor (fedtrace.opening)."""
+        return self._scalar
 
     def unblind(self, evaluated: Sequence[bytes]) -> list[bytes]:
         """Turn the node's ``H(x)^(ab)`` into ``H(x)^b``, validating every point."""

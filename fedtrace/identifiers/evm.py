@@ -9,11 +9,15 @@ Canonical form: ``0x`` + lower-case hex.
 
 from __future__ import annotations
 
+import re
+
 from Crypto.Hash import keccak
 
 from fedtrace.identifiers.errors import InvalidIdentifier, check_text
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+# The common case in one match; anything else goes through the checks that say why.
+_LOWER_ADDRESS = re.compile(r"0[xX][0-9a-f]{40}")
 
 
 def _keccak_hex(text: str) -> str:
@@ -35,6 +39,8 @@ def to_checksum_address(hex40: str) -> str:
 def canonical_eth(value: str) -> str:
     """Validate an EVM address and return ``0x`` + lower-case hex."""
     text = check_text(value)
+    if _LOWER_ADDRESS.fullmatch(text):
+        return "0x" + text[2:]
     if text[:2] not in ("0x", "0X"):
         if len(text) == 40 and all(ch in _HEX for ch in text):
             raise InvalidIdentifier(value, "missing 0x prefix")
