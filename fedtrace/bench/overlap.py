@@ -3,18 +3,93 @@
     python -m fedtrace.bench.overlap [NODES [ITEMS]]    # default 3 x 100,000; prints JSON
 
 ``synthetic_sets`` plants overlaps in wallet-like sets; tests use it too.
+``MultiplicationBound`` is the k²·N bound both overlap benchmarks report against:
+every scalar multiplication of the overlap spread over every core at the bare
+single-core rate, measured in the same run (docs/overlap.md, "Performance").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from fedtrace import group
+import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
+
+from fedtrace import group, parallel
 from fedtrace.overlap import OVERLAP_DST, OverlapPlan
 from fedtrace.overlap_ring import InProcessPeer, run_overlap
+
+#: Bare multiplications timed for one single-core rate sample (about a second).
+RATE_SAMPLE = 15_000
+
+_multiply: Callable[[bytes, bytes], bytes] = rbcl.crypto_scalarmult_ristretto255
+
+
+def single_core_multiply_rate(count: int = RATE_SAMPLE) -> float:
+    """Bare ristretto255 scalar multiplications per CPU second on one core (rbcl, this process).
+
+    No hashing, no validation, no batching: the figure the k²·N bound divides by.
+    Timed in CPU time, not wall time, so a process that shares the core while
+    it runs does not lower the rate (and so loosen the bound).
+    """
+    scalar = group.random_scalar()
+    points = [group.hash_to_group(index.to_bytes(8, "little"), OVERLAP_DST) for index in range(64)]
+    multiply = _multiply
+    started = time.thread_time()
+    for index in range(count):
+        multiply(scalar, points[index & 63])
+    return count / (time.thread_time() - started)
+
+
+@dataclass(frozen=True)
+class MultiplicationBound:
+    """The k²·N bound of one overlap: its scalar multiplications on every core at the bare rate.
+
+    An overlap of k nodes with N items each raises every set to every key:
+    k·k·N multiplications. Hashing to the group, validation, transport and the
+    tally are all extra, so a measured time is reported as a ratio to this bound.
+    """
+
+    nodes: int
+    items_per_node: int
+    cores: int
+    single_core_rate: float  # bare multiplications per second, one core, same run
+
+    @property
+    def multiplications(self) -> int:
+        return self.nodes * self.nodes * self.items_per_node
+
+    @property
+    def seconds(self) -> float:
+        """Wall seconds with every core multiplying and nothing else."""
+        return self.multiplications / (self.cores * self.single_core_rate)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the multiplications alone."""
+        return self.multiplications / self.single_core_rate
+
+    def figures(self, seconds: float) -> dict[str, float]:
+        """The bound and the ratio of ``seconds`` (a measured wall time) to it."""
+        return {
+            "cores": float(self.cores),
+            "single_core_multiply_rate": round(self.single_core_rate),
+            "bound_seconds": round(self.seconds, 2),
+            "ratio_to_bound": round(seconds / self.seconds, 3),
+        }
+
+
+def multiplication_bound(
+    nodes: int, items_per_node: int, rates: list[float]
+) -> MultiplicationBound:
+    """The bound from this run's rate samples: the fastest one, so the ratio is never flattered
+    by a sample taken while something else held a core."""
+    return MultiplicationBound(nodes, items_per_node, parallel.default_workers(None), max(rates))
 
 
 def synthetic_sets(
@@ -60,9 +135,12 @@ def measure(
         workers=workers,
     )  # start the pool outside the clock
     exponentiations = n_nodes * n_nodes * n_items
+    rates = [single_core_multiply_rate()]
     started = time.perf_counter()
-    tally = run_overlap(plan, peers)
+    tally = run_overlap(plan, peers, concurrent=True)  # every route at once, as deployed
     overlap_seconds = time.perf_counter() - started
+    rates.append(single_core_multiply_rate())
+    bound = multiplication_bound(n_nodes, n_items, rates)
     tally._counted = None  # time the count on its own, not from run_overlap's cache
     started = time.perf_counter()
     tally.groups()
@@ -76,6 +154,8 @@ def measure(
         "overlap_seconds": round(overlap_seconds, 3),
         "count_seconds": round(count_seconds, 3),  # tally only, also inside overlap_seconds
         "multiplications_per_second": round(exponentiations / overlap_seconds),
+        **bound.figures(overlap_seconds),
+        "load_average": round(os.getloadavg()[0], 2),
         # Each set goes up once, then down and up again at each of n-1 hops.
         "point_bytes_via_coordinator": float(
             n_nodes * n_items * (2 * n_nodes - 1) * group.POINT_BYTES
