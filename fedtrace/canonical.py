@@ -15,5 +15,5 @@ import rfc8785
 
 
 def canonical_json(document: Any) -> bytes:
-    """The RFC 8785 canonical UTF-8 encoding of ``document`` (dicts, lists, str, int, bool, None)."""
+    """The RFC 8785 canonical UTF-8 encoding of ``document`` (dict, list, str, int, bool, None)."""
     return rfc8785.dumps(document)

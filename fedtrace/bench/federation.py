@@ -7,6 +7,11 @@ a new epoch, so it blinds its whole set, and the coordinator has no cached
 filter) and warm (epochs persisted, filters cached). Peak memory is read from
 ``/proc/PID/status`` (``VmHWM``): for the nodes after the runs, for the
 coordinator process polled while it runs.
+
+``measure_psi_federation`` serves the side-by-side PSI section
+(``fedtrace.bench.psi``): one or three nodes that hold a given set of wallets,
+a cold first answer and warm matches through the Python API
+(``fedtrace.connect``) and through the CLI.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from fedtrace.bench.figures import Say
-from fedtrace.harness import LocalFederation, LocalNode, cli_argv
+from fedtrace.harness import LocalFederation, LocalNode, cli_argv, run_cli
 
 JURISDICTIONS = ("EE", "FR", "SG")
 INVESTIGATOR = "FR"
@@ -284,3 +291,182 @@ def measure_federation(
         node_peak_rss_with_workers=max(total for _, total in peaks),
         coordinator_peak_rss=coordinator_rss,
     )
+
+
+# --- the side-by-side PSI section (fedtrace.bench.psi): given sets, Python API and CLI ------
+
+PSI_DATASET = "wallets"
+PSI_CASE = "BENCH-PSI-1"
+PSI_LEGAL_BASIS = "MLA"
+
+
+@dataclass(frozen=True)
+class PsiFederationFigures:
+    """One federation's PSI timings: cold (new epochs, new client) and warm (API, CLI)."""
+
+    nodes: int
+    wallets: int  # per node
+    node_start_s: tuple[float, ...]  # per node: process start to serving, new epoch
+    first_answer_s: float  # new client, no cached filter, no pool: multiplicative
+    prepare_s: float  # pool entries for the in-process warm runs, every node
+    prepared_entries: int  # per node, for the in-process warm runs
+    warm_api_s: tuple[float, ...]  # repeat matches, same client, pools prepared
+    warm_cli_s: tuple[float, ...]  # `fedtrace query match` processes, wall clock
+
+    @property
+    def cold_total_s(self) -> float:
+        """Slowest node's start with a new epoch + the first answer."""
+        return max(self.node_start_s) + self.first_answer_s
+
+
+def check_match_report(
+    document: dict[str, object], nodes: int, expected: int, blinding: str | None
+) -> None:
+    """RuntimeError unless every node answered ok with ``expected`` matches (and, when
+    ``blinding`` is given, under that blinding)."""
+    results = document["results"]
+    assert isinstance(results, list)
+    if len(results) != nodes:
+        raise RuntimeError(f"{len(results)} results for {nodes} nodes")
+    for result in results:
+        if result["status"] != "ok" or result["match_count"] != expected:
+            raise RuntimeError(
+                f"{result['node']}: {result['status']} {result.get('reason', '')} "
+                f"matched {result.get('match_count')}, expected {expected}"
+            )
+        used = result["signature"]["transcript"]["blinding"]
+        if blinding is not None and used != blinding:
+            raise RuntimeError(f"{result['node']} answered under {used} blinding, not {blinding}")
+
+
+@contextmanager
+def _cache_dir(path: Path) -> Iterator[None]:
+    """FEDTRACE_CACHE_DIR for the coordinator made in this process, restored afterwards."""
+    saved = os.environ.get("FEDTRACE_CACHE_DIR")
+    os.environ["FEDTRACE_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["FEDTRACE_CACHE_DIR"]
+        else:
+            os.environ["FEDTRACE_CACHE_DIR"] = saved
+
+
+def build_psi_federation(
+    root: Path, nodes: int, wallets: Sequence[str], watchlist: Sequence[str], say: Say
+) -> LocalFederation:
+    """CA, investigator, ``nodes`` nodes that each hold exactly ``wallets``, the watchlist file."""
+    shutil.rmtree(root, ignore_errors=True)
+    local = LocalFederation(root, investigator=INVESTIGATOR, deadline_seconds=600)
+    local.issue_investigator()
+    held = list(wallets)
+    if len(held) % 2:  # two wallets a row: the last row pairs the odd one with the first
+        held.append(held[0])
+    csv_path = root / "transactions.csv"
+    rows = write_transactions(csv_path, held, seed=len(held))
+    for code in JURISDICTIONS[:nodes]:
+        policy = POLICY.format(code=code, investigator=INVESTIGATOR, limit=len(watchlist))
+        node = local.add_node(code, policy=policy)
+        node.start_timeout = START_TIMEOUT_SECONDS
+        node.ingest(csv_path, "transactions")
+        say(f"  node {code}: {len(wallets):,} wallets from {rows:,} transactions ingested")
+    csv_path.unlink()
+    (root / "watchlist.txt").write_text("\n".join(watchlist) + "\n")
+    return local
+
+
+def measure_psi_federation(
+    root: Path,
+    nodes: int,
+    wallets: Sequence[str],
+    watchlist: Sequence[str],
+    expected: int,
+    *,
+    warm_runs: int,
+    cli_runs: int,
+    say: Say,
+) -> PsiFederationFigures:
+    """Cold and warm matches of ``watchlist`` against ``nodes`` real nodes holding ``wallets``.
+
+    Cold: the nodes start with new epochs (one after another, each alone on the
+    cores), then a new `fedtrace.connect` client with an empty cache asks the first
+    match (it fetches the filters and blinds multiplicatively). Warm: the same client
+    prepares pools (`prepare`) and repeats the match (channels, filters and pools
+    reused); then `fedtrace query match` processes run against the same cache.
+    """
+    import fedtrace
+
+    local = build_psi_federation(root, nodes, wallets, watchlist, say)
+    cache = root / "coordinator-cache"
+    items = list(watchlist)
+    try:
+        local.start()
+        starts = tuple(node.start_seconds for node in local.nodes.values())
+        say(f"  node starts, new epochs: {', '.join(f'{s:.1f}' for s in starts)} s")
+        with _cache_dir(cache), fedtrace.connect(local.federation_file) as client:
+
+            def match() -> tuple[float, dict[str, object]]:
+                started = time.perf_counter()
+                report = client.match(
+                    items, dataset=PSI_DATASET, case=PSI_CASE, legal_basis=PSI_LEGAL_BASIS
+                )
+                return time.perf_counter() - started, report.to_dict()
+
+            first, document = match()
+            check_match_report(document, nodes, expected, "multiplicative")
+            say(f"  first answer {first:.2f} s")
+            started = time.perf_counter()
+            client.prepare(dataset=PSI_DATASET, items=len(items) * warm_runs)
+            prepare = time.perf_counter() - started
+            warm_api = []
+            for _ in range(warm_runs):
+                seconds, document = match()
+                check_match_report(document, nodes, expected, "additive")
+                warm_api.append(seconds)
+            say(f"  warm in process: median {statistics.median(warm_api):.2f} s")
+            client.prepare(dataset=PSI_DATASET, items=len(items) * cli_runs)
+        warm_cli = [
+            _cli_match(local, cache, nodes, expected, root / "report.json") for _ in range(cli_runs)
+        ]
+        if warm_cli:
+            say(f"  warm CLI: median {statistics.median(warm_cli):.2f} s")
+    finally:
+        local.stop()
+    return PsiFederationFigures(
+        nodes=nodes,
+        wallets=len(wallets),
+        node_start_s=starts,
+        first_answer_s=first,
+        prepare_s=prepare,
+        prepared_entries=len(items) * warm_runs,
+        warm_api_s=tuple(warm_api),
+        warm_cli_s=tuple(warm_cli),
+    )
+
+
+def _cli_match(local: LocalFederation, cache: Path, nodes: int, expected: int, out: Path) -> float:
+    """Wall seconds of one `fedtrace query match` process (additive, pools on disk)."""
+    started = time.perf_counter()
+    run_cli(
+        "query",
+        "match",
+        "--federation",
+        str(local.federation_file),
+        "--watchlist",
+        str(local.root / "watchlist.txt"),
+        "--dataset",
+        PSI_DATASET,
+        "--case",
+        PSI_CASE,
+        "--legal-basis",
+        PSI_LEGAL_BASIS,
+        "--format",
+        "json",
+        "--out",
+        str(out),
+        env={"FEDTRACE_CACHE_DIR": str(cache)},
+    )
+    seconds = time.perf_counter() - started
+    check_match_report(json.loads(out.read_text()), nodes, expected, "additive")
+    return seconds

@@ -1,6 +1,6 @@
 """Peer PSI libraries against the additive-blinding prototype, same sets, one process.
 
-python -m fedtrace.bench.peers [NODE_ITEMS] [WATCHLIST] [HELD]
+python -m fedtrace.bench.peers [NODE_ITEMS] [WATCHLIST] [HELD] [--only LIB] [--seed N]
 
 Runs, on one synthetic node set and one watchlist (``HELD`` of whose items the
 node holds):
@@ -18,10 +18,15 @@ node holds):
 A library that is not importable is reported as skipped with the reason. No
 network and no node processes: these are compute figures, to be compared as
 ratios within one run (the machine may be shared).
+
+The module's top level needs only the standard library: ``scripts/bench --psi``
+(``fedtrace.bench.psi``) runs ``--only secretflow`` under a separate peers
+interpreter, because spu 0.9.5 pins numpy below 2, and merges the JSON it prints.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
@@ -35,23 +40,27 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
-
-from fedtrace import blinding, gcs, group, parallel, psi
-from fedtrace.items import item_bytes
-
 Timings = dict[str, Any]
 
-_multiply: Callable[[bytes, bytes], bytes] = rbcl.crypto_scalarmult_ristretto255
+#: The libraries ``--only`` can name, in the order ``run_all`` runs them.
+LIBRARIES = ("secretflow", "openmined", "fedtrace")
 
 
-def make_sets(node_items: int, watchlist: int, held: int) -> tuple[list[str], list[str]]:
-    """A node's wallets and a watchlist of which exactly ``held`` are among them."""
+def make_sets(
+    node_items: int, watchlist: int, held: int, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """A node's wallets and a watchlist of which exactly ``held`` are among them.
+
+    Deterministic for (sizes, ``seed``), so two processes build the same sets; the
+    addresses are canonical lower-case Ethereum addresses. Seed 0 keeps the sets of
+    earlier runs.
+    """
     if held > min(node_items, watchlist):
         raise ValueError("cannot hold more watchlist items than either set has")
+    prefix = f"{seed}:" if seed else ""
 
     def address(label: str, index: int) -> str:
-        return "0x" + hashlib.sha256(f"{label}-{index}".encode()).hexdigest()[:40]
+        return "0x" + hashlib.sha256(f"{prefix}{label}-{index}".encode()).hexdigest()[:40]
 
     node = [address("node", index) for index in range(node_items)]
     step = max(1, node_items // max(held, 1))
@@ -198,10 +207,17 @@ def run_openmined(node: Sequence[str], watchlist: Sequence[str]) -> Timings:
 
 
 # Pool task: the node's evaluate step on one chunk (module-level: sent to workers by name).
+# fedtrace's modules are imported inside the functions: the SecretFlow part of this module
+# runs under a peers interpreter (``python -m fedtrace.bench.peers --only secretflow``)
+# that has spu and the standard library, and perhaps nothing else.
 
 
 def _evaluate_chunk(points_blob: bytes, key: bytes) -> bytes:
-    multiply = _multiply
+    import rbcl  # rbcl ships no type information (see [tool.mypy] overrides)
+
+    from fedtrace import group
+
+    multiply: Callable[[bytes, bytes], bytes] = rbcl.crypto_scalarmult_ristretto255
     out = []
     for index, point in enumerate(group.split_points(points_blob)):
         group.validate_point(point, index)
@@ -211,6 +227,8 @@ def _evaluate_chunk(points_blob: bytes, key: bytes) -> bytes:
 
 def _evaluate_on_cores(points: Sequence[bytes], key: bytes, workers: int) -> list[bytes]:
     """The node's validate + multiply split over ``workers`` processes, whatever the size."""
+    from fedtrace import group, parallel, psi
+
     if workers == 1:
         return psi.evaluate(points, key, workers=1)
     bounds = parallel.chunk_bounds(len(points), workers)
@@ -225,8 +243,26 @@ def _timed(timings: Timings, name: str, step: Callable[[], Any]) -> Any:
     return value
 
 
+#: The additive exchange's online steps, in order: their sum is ``additive_online_s``.
+ADDITIVE_STEPS = (
+    "online_coordinator_hash_add_s",
+    "online_node_evaluate_s",
+    "online_coordinator_sub_s",
+    "online_filter_test_s",
+)
+
+
 def run_fedtrace(node: Sequence[str], watchlist: Sequence[str], workers: int) -> Timings:
-    """fedtrace's exchange, multiplicative and additive, compute only."""
+    """fedtrace's exchange, multiplicative and additive, compute only.
+
+    ``online_node_evaluate_s`` splits the node's validate + multiply over every core;
+    ``online_node_evaluate_as_served_s`` is the same step as a serving node runs it
+    (``psi.evaluate`` with its defaults: every core above ``group.WARM_PARALLEL_THRESHOLD``
+    once the pool runs, one core below it).
+    """
+    from fedtrace import blinding, gcs, group, parallel, psi
+    from fedtrace.items import item_bytes
+
     parallel.run_chunks(_evaluate_chunk, [(b"", b"")] * workers, workers)  # start the workers
     node_items = [item_bytes("wallet", item) for item in node]
     watch_items = [item_bytes("wallet", item) for item in watchlist]
@@ -251,19 +287,12 @@ def run_fedtrace(node: Sequence[str], watchlist: Sequence[str], workers: int) ->
     answers = _timed(
         timings, "online_node_evaluate_s", lambda: _evaluate_on_cores(sent, key, workers)
     )
+    _timed(timings, "online_node_evaluate_as_served_s", lambda: psi.evaluate(sent, key))
     unblinded = _timed(
         timings, "online_coordinator_sub_s", lambda: blinding.unblind(answers, entries)
     )
     hits = _timed(timings, "online_filter_test_s", lambda: psi.membership(unblinded, filter_))
-    timings["additive_online_s"] = sum(
-        timings[name]
-        for name in (
-            "online_coordinator_hash_add_s",
-            "online_node_evaluate_s",
-            "online_coordinator_sub_s",
-            "online_filter_test_s",
-        )
-    )
+    timings["additive_online_s"] = sum(timings[name] for name in ADDITIVE_STEPS)
     timings["additive_intersection"] = sum(hits)
 
     query = _timed(
@@ -289,23 +318,54 @@ def run_fedtrace(node: Sequence[str], watchlist: Sequence[str], workers: int) ->
     return timings
 
 
-def run_all(node_items: int, watchlist: int, held: int, workers: int | None = None) -> Timings:
-    """Every library on the same sets; one dict, timings in seconds."""
-    node, wanted = make_sets(node_items, watchlist, held)
-    resolved = parallel.default_workers(workers)
-    return {
-        "sizes": {"node_items": node_items, "watchlist": watchlist, "held": held},
+def run_all(
+    node_items: int,
+    watchlist: int,
+    held: int,
+    workers: int | None = None,
+    *,
+    only: Sequence[str] = LIBRARIES,
+    seed: int = 0,
+) -> Timings:
+    """The libraries named in ``only`` on the same sets; one dict, timings in seconds."""
+    node, wanted = make_sets(node_items, watchlist, held, seed)
+    result: Timings = {
+        "sizes": {"node_items": node_items, "watchlist": watchlist, "held": held, "seed": seed},
         "load_average_1m": os.getloadavg()[0],
-        "secretflow_ub_psi": run_secretflow(node, wanted),
-        "openmined_psi": run_openmined(node, wanted),
-        "fedtrace": run_fedtrace(node, wanted, resolved),
     }
+    if "secretflow" in only:
+        result["secretflow_ub_psi"] = run_secretflow(node, wanted)
+    if "openmined" in only:
+        result["openmined_psi"] = run_openmined(node, wanted)
+    if "fedtrace" in only:
+        from fedtrace import parallel
+
+        result["fedtrace"] = run_fedtrace(node, wanted, parallel.default_workers(workers))
+    return result
+
+
+def _count(text: str) -> int:
+    return int(text.replace(",", "").replace("_", ""))
 
 
 def main(argv: Sequence[str]) -> None:
-    sizes = [int(value.replace(",", "").replace("_", "")) for value in argv[:3]]
-    node_items, watchlist, held = sizes + [233_772, 10_000, 5_000][len(sizes) :]
-    print(json.dumps(run_all(node_items, watchlist, held), indent=2))
+    """``[NODE_ITEMS [WATCHLIST [HELD]]] [--only LIB ...] [--seed N]``: one JSON object on
+    standard output; everything the libraries log goes to standard error."""
+    parser = argparse.ArgumentParser(prog="python -m fedtrace.bench.peers")
+    parser.add_argument("sizes", nargs="*", type=_count, metavar="N")
+    parser.add_argument("--only", action="append", choices=LIBRARIES, help="repeatable")
+    parser.add_argument("--seed", type=int, default=0, help="make_sets seed (both processes)")
+    args = parser.parse_args(argv)
+    if len(args.sizes) > 3:
+        parser.error("at most three sizes: NODE_ITEMS WATCHLIST HELD")
+    node_items, watchlist, held = args.sizes + [233_772, 10_000, 5_000][len(args.sizes) :]
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # libpsi logs to file descriptor 1, even while it shuts down
+    result = run_all(
+        node_items, watchlist, held, only=tuple(args.only or LIBRARIES), seed=args.seed
+    )
+    with os.fdopen(result_fd, "w") as out:
+        out.write(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover - manual benchmark entry point

@@ -13,6 +13,9 @@ The sections, on the same machine and the same generated sets:
 - a real federation (``fedtrace.bench.federation``): cold and warm membership
   query latency and peak memory of the nodes and of the coordinator.
 
+``run_psi`` is ``scripts/bench --psi``: only the side-by-side comparison with
+SecretFlow's unbalanced PSI and openmined-psi (``fedtrace.bench.psi``).
+
 Every figure names its method; every ratio uses figures from the same run.
 """
 
@@ -30,6 +33,7 @@ from fedtrace import group
 from fedtrace.bench import aggregate as aggregate_bench
 from fedtrace.bench import identifiers as identifiers_bench
 from fedtrace.bench import overlap as overlap_bench
+from fedtrace.bench import psi as psi_bench
 from fedtrace.bench.federation import measure_federation
 from fedtrace.bench.figures import MIB, Bench, Say
 from fedtrace.bench.micro import (
@@ -38,6 +42,7 @@ from fedtrace.bench.micro import (
     measure_ceiling,
     measure_peer,
 )
+from fedtrace.bench.psi import PsiPlan
 
 
 def measure_others(bench: Bench, quick: bool, node_rate: float) -> None:
@@ -60,6 +65,7 @@ def measure_others(bench: Bench, quick: bool, node_rate: float) -> None:
         "canonicalisation rows/s / node build_table items/s",
     )
     measure_aggregates(bench, [100_000] if quick else [100_000, 1_000_000])
+    measure_sealing(bench, (1_000,) if quick else (1_000, 10_000))
     arguments = (3, 10_000 if quick else 20_000)  # measure(n_nodes, n_items)
     method = f"fedtrace.bench.overlap.measure{arguments}"
     bench.say(method)
@@ -70,6 +76,53 @@ def measure_others(bench: Bench, quick: bool, node_rate: float) -> None:
         return
     for name, value in result.items():
         bench.add("overlap", name, value, "", method)
+
+
+SEALING_FIGURES = {  # fedtrace.bench.sealing key -> unit
+    "seal_ms": "ms",
+    "opening_bytes": "B",
+    "node_check_ms": "ms",
+    "monitor_verify_ms": "ms",
+    "monitor_verify_both_rounds_ms": "ms",
+    "indicator_bytes": "B",
+}
+
+
+def measure_sealing(bench: Bench, sizes: tuple[int, ...]) -> None:
+    """What a sealed opening for a monitor adds per query and per item (accountable queries)."""
+    from fedtrace.bench import sealing
+
+    method = f"fedtrace.bench.sealing.measure{sizes}"
+    bench.say(method)
+    try:
+        figures = sealing.measure(sizes)
+    except Exception as exc:  # noqa: BLE001 - one failed section must not sink the bench
+        bench.notes.append(f"{method} failed: {exc}")
+        return
+    for case, values in figures["points"].items():
+        items = float(case.rsplit("-", 1)[1])
+        for key, value in values.items():
+            if key in SEALING_FIGURES:
+                bench.add("sealing", f"{case} {key}", value, SEALING_FIGURES[key], method)
+        if "opening_bytes" in values:
+            bench.add(
+                "sealing",
+                f"{case} opening bytes per item",
+                values["opening_bytes"] / items,
+                "B",
+                method,
+            )
+        if "seal_ms" in values:
+            bench.add(
+                "sealing",
+                f"{case} seal µs per item",
+                1000 * values["seal_ms"] / items,
+                "µs",
+                method,
+            )
+    for key, value in figures["indicator"].items():
+        if key in SEALING_FIGURES:
+            bench.add("sealing", f"aggregate round 2 {key}", value, SEALING_FIGURES[key], method)
 
 
 AGGREGATE_FIGURES = {  # measure_query key -> (row name, unit)
@@ -338,6 +391,17 @@ def run(quick: bool, workdir: Path, cold_runs: int, warm_runs: int, say: Say) ->
         )
         bench.target("node memory grows at most linearly (1M/100k)", growth, "<=", 10.0, "x")
     bench.target("largest gRPC message", 2.0 if messages_ok else 99.0, "<=", 4.0, "MiB")
+    bench.add("run", "load average at end", os.getloadavg()[0], "", "1-minute load")
+    bench.add("run", "bench wall time", time.perf_counter() - started, "s", "this run")
+    return bench
+
+
+def run_psi(plan: PsiPlan, workdir: Path, say: Say) -> Bench:
+    """``scripts/bench --psi``: the side-by-side PSI section alone (``fedtrace.bench.psi``)."""
+    bench = Bench(say)
+    bench.add("run", "load average at start", os.getloadavg()[0], "", "1-minute load")
+    started = time.perf_counter()
+    psi_bench.measure(bench, plan, workdir)
     bench.add("run", "load average at end", os.getloadavg()[0], "", "1-minute load")
     bench.add("run", "bench wall time", time.perf_counter() - started, "s", "this run")
     return bench
