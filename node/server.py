@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedtrace import parallel
+from fedtrace import group, parallel
 from fedtrace.errors import ConfigError, FedtraceError
 from fedtrace.logs import LogFormat, configure_logging, context
 from fedtrace.pki import ROLE_NODE, PkiError, read_key_pem, verify_issued_by
@@ -400,7 +400,10 @@ def serve(
     watcher.start()
     # A node restarted onto stored epochs (or building on Dask) has not started its process
     # pool; started now, in the background, a 10,000-point request already uses every core.
-    threading.Thread(target=parallel.warm_pool, daemon=True, name="pool-warmer").start()
+    # Only worth its processes when the policy admits requests that large.
+    largest = max((g.max_items_per_query for g in state.policies.current().grants), default=0)
+    if largest > group.WARM_PARALLEL_THRESHOLD:
+        threading.Thread(target=parallel.warm_pool, daemon=True, name="pool-warmer").start()
     host, _ = parse_listen(listen or config.listen, "--listen")
     # The one line on stdout: operators and the local-federation harness read the bound port here.
     sys.stdout.write(f"fedtrace node {config.jurisdiction} serving on {host}:{running.port}\n")

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ TAG = group.hash_to_group(b"tag seen across the wire")
 class TaggingQuery(psi.BlindedQuery):
     """The honest blinding, then a tag added to points 0 and 2."""
 
-    def __init__(self, items: Sequence[bytes], *, workers: int | None = None) -> None:
-        super().__init__(items, workers=workers)
+    def __init__(self, items: Sequence[bytes], **options: Any) -> None:
+        super().__init__(items, **options)
         for index in (0, 2):
             self.blinded[index] = group.add_points(self.blinded[index], TAG)
 

@@ -45,7 +45,20 @@ from tests.unit.test_match_in_memory import InMemoryFederation, eth, two_nodes
 
 POLICY = hashlib.sha256(b'jurisdiction = "EE"\n').hexdigest()
 OTHER_POLICY = hashlib.sha256(b'jurisdiction = "EE"\nversion = "2"\n').hexdigest()
-NOW_MS = int(time.time() * 1000)  # the certificates are issued now
+
+
+_ISSUED_MS: list[int] = []
+
+
+def _now_ms() -> int:
+    """One moment for every transcript of this module, taken at the first build: after the
+    module's certificates were issued (a time taken at import would precede them in a long
+    serial run), and the same for two builds that must give the same digest."""
+    if not _ISSUED_MS:
+        _ISSUED_MS.append(int(time.time() * 1000))
+    return _ISSUED_MS[0]
+
+
 CENTS = (0, 10_000_000_000)  # total_in_eur clipped to [0, 100000000] euros, in cents
 
 
@@ -54,6 +67,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pki")
     init_ca(root / "ca")
     issue(root / "ca", root / "EE", name="EE", role=ROLE_NODE)
+    _ISSUED_MS[:] = [int(time.time() * 1000) + 1]  # transcripts are made after the certificates
     return root
 
 
@@ -61,7 +75,7 @@ def _match(**changes: Any) -> Transcript:
     base = Transcript(
         jurisdiction="EE", investigator="FR", dataset="wallets", epoch_id="e",
         filter_sha256="f", disclosure="membership", shuffled=False, policy_version="ee-1",
-        case_ref="C-1", legal_basis="MLA", nonce="00", timestamp_unix_ms=NOW_MS,
+        case_ref="C-1", legal_basis="MLA", nonce="00", timestamp_unix_ms=_now_ms(),
         item_count=1, request_sha256="r", response_sha256="s", policy_sha256=POLICY,
         v=TRANSCRIPT_VERSION,
     )  # fmt: skip
@@ -72,7 +86,7 @@ def _aggregate(**changes: Any) -> AggregateTranscript:
     base = AggregateTranscript(
         jurisdiction="EE", investigator="FR", dataset="wallets", epoch_id="e",
         tags_sha256="t", disclosure="aggregate", policy_version="ee-1", case_ref="C-1",
-        legal_basis="MLA", nonce="00", timestamp_unix_ms=NOW_MS, query_id="q",
+        legal_basis="MLA", nonce="00", timestamp_unix_ms=_now_ms(), query_id="q",
         item_count=3, row_count=9, total_only=False, min_cohort=1, epsilon=1.0,
         figures=(
             FigureTerms(COUNT_COLUMN, 0, 0.0, 0),
@@ -90,7 +104,7 @@ def _overlap(**changes: Any) -> OverlapTranscript:
     base = OverlapTranscript(
         jurisdiction="EE", investigator="FR", dataset="wallets", overlap_id="cid",
         roster=("EE", "SG"), reveal=False, disclosure="overlap", policy_version="ee-1",
-        case_ref="C-1", legal_basis="MLA", nonce="00", timestamp_unix_ms=NOW_MS,
+        case_ref="C-1", legal_basis="MLA", nonce="00", timestamp_unix_ms=_now_ms(),
         set_size=4, initial_sha256="i", hops=(OverlapHop("SG", 1, 5, "r", "s"),),
         policy_sha256=POLICY, v=TRANSCRIPT_VERSION,
     )  # fmt: skip
