@@ -345,7 +345,7 @@ def _online(
     """``task`` over 32-byte ``points`` paired with ``others``: on the running pool when large."""
     workers = parallel.default_workers(None)
     count = len(points)
-    if workers == 1 or count <= ONLINE_PARALLEL_THRESHOLD or not group.pool_ready(workers):
+    if workers == 1 or count <= ONLINE_PARALLEL_THRESHOLD or not parallel.pool_ready(workers):
         return group.split_points(task(b"".join(points), b"".join(others), 0))
     chunk_args: list[tuple[object, ...]] = [
         (b"".join(points[start:stop]), b"".join(others[start:stop]), start)

@@ -53,9 +53,6 @@ def point_hashes(points: Sequence[bytes]) -> HashArray:
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64, copy=False)
 
 
-_hash_points = point_hashes  # the name earlier callers use
-
-
 def point_blob_hashes(blob: bytes, point_bytes: int = 32) -> HashArray:
     """`point_hashes` of a concatenation of ``point_bytes``-byte points (no list of points)."""
     if len(blob) % point_bytes:

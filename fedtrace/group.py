@@ -265,15 +265,6 @@ def _exponentiate_chunk(points_blob: bytes, scalar: bytes, offset: int) -> bytes
     return b"".join(_exponentiate_in_process(split_points(points_blob), scalar, offset))
 
 
-def pool_ready(size: int) -> bool:
-    """Whether the shared process pool runs ``size`` workers and has no work queued.
-
-    A mid-sized batch handed to it then pays no start-up and does not wait behind
-    long chunks (an epoch being built); otherwise it stays in this process.
-    """
-    return parallel.pool_ready(size)
-
-
 def _plan(
     count: int, workers: int | None, warm_threshold: int = WARM_PARALLEL_THRESHOLD
 ) -> tuple[int, list[tuple[int, int]]]:
@@ -284,7 +275,7 @@ def _plan(
     """
     resolved = parallel.default_workers(workers)
     threshold = PARALLEL_THRESHOLD
-    if count > min(threshold, warm_threshold) and pool_ready(resolved):
+    if count > min(threshold, warm_threshold) and parallel.pool_ready(resolved):
         threshold = min(threshold, warm_threshold)
     if resolved == 1 or count <= threshold:
         return 1, [(0, count)]

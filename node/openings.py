@@ -551,15 +551,6 @@ def _query_line(row: dict[str, Any], sequences: dict[str, int]) -> dict[str, Any
     }
 
 
-def parse_since(text: str) -> dt.datetime:
-    """An ISO 8601 date or time (UTC unless it says otherwise)."""
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ExportError(f"--since {text!r} is not an ISO 8601 date or time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
 def stored_count(database: NodeDatabase) -> int:
     """How many sealed openings the node holds (for tests and status)."""
     with database.session() as con:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 
@@ -19,6 +20,23 @@ LEGAL_BASIS_HELP = (
 DATASET_HELP = "dataset to query, as the nodes name it (e.g. wallets, subjects)"
 FORMAT_HELP = "output format (default: table)"
 OUT_HELP = "write the report here instead of stdout, and print a one-line summary"
+
+
+def parse_moment(option: str, text: str | None, *, end_of_day: bool = False) -> dt.datetime | None:
+    """An ISO date or date-time (UTC unless given); with ``end_of_day`` a bare date
+    includes that whole day (for --until). None when ``text`` is empty."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FedtraceError(
+            f"{option} {text!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
+        ) from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    if end_of_day and len(text.strip()) == 10:
+        moment += dt.timedelta(days=1, microseconds=-1)
+    return moment
 
 
 def parse_fields(text: str | None) -> tuple[str, ...]:

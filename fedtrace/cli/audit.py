@@ -9,12 +9,12 @@ it collects every node's signed head into a file of evidence (docs/audit-heads.m
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedtrace.cli.args import parse_moment
 from fedtrace.errors import ExitCode, FedtraceError
 
 if TYPE_CHECKING:
@@ -164,22 +164,6 @@ def _collect(args: argparse.Namespace) -> list[CollectedHead]:
         connections.close()
 
 
-def _moment(option: str, text: str | None, *, end_of_day: bool = False) -> dt.datetime | None:
-    """An ISO date or date-time (UTC unless given); a bare --until date includes that day."""
-    if not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise FedtraceError(
-            f"{option} {text!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
-        ) from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-    if end_of_day and len(text.strip()) == 10:
-        moment += dt.timedelta(days=1, microseconds=-1)
-    return moment
-
-
 def _audit_show(args: argparse.Namespace) -> int:
     import threading
 
@@ -192,8 +176,8 @@ def _audit_show(args: argparse.Namespace) -> int:
     filters = Filters(
         partner=args.partner,
         case=args.case,
-        since=_moment("--since", args.since),
-        until=_moment("--until", args.until, end_of_day=True),
+        since=parse_moment("--since", args.since),
+        until=parse_moment("--until", args.until, end_of_day=True),
     )
     everything = entries(directory)
     chosen = select(

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from fedtrace.errors import ExitCode, FedtraceError
-
-
-def _since(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise FedtraceError(
-            f"--since {text!r} is not a date such as 2026-11-25 or 2026-11-25T08:00Z"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+from fedtrace.cli.args import parse_moment
+from fedtrace.errors import ExitCode
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -29,7 +17,7 @@ def _verify(args: argparse.Namespace) -> int:
     from fedtrace.monitor.verify import check_monitor_key
     from fedtrace.pki import CERT_FILE, read_key_pem
 
-    since = _since(args.since)
+    since = parse_moment("--since", args.since)
     key_path = Path(args.key)
     key = load_monitor_key(read_key_pem(key_path))
     export = read_export(Path(args.dir))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedtrace.cli.args import parse_fields, parse_request_id
+from fedtrace.cli.args import parse_fields, parse_moment, parse_request_id
 from fedtrace.cli.freeze import add_freeze_commands
 from fedtrace.cli.health import add_node_health
 from fedtrace.errors import ExitCode, FedtraceError
@@ -213,7 +213,7 @@ def _node_monitor_export(args: argparse.Namespace) -> int:
     from node.audit import AUDIT_DIR
     from node.audit.show import entries
     from node.config import load_node_config
-    from node.openings import export, parse_since
+    from node.openings import export
     from node.store import NodeDatabase
 
     node_dir = Path(args.node_dir)
@@ -224,7 +224,7 @@ def _node_monitor_export(args: argparse.Namespace) -> int:
         config.jurisdiction,
         args.monitor,
         Path(args.out),
-        parse_since(args.since) if args.since else None,
+        parse_moment("--since", args.since),
     )
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))

@@ -17,7 +17,7 @@ from coordinator.hash_cache import HashCache
 from coordinator.match import MatchQuery, run_match
 from coordinator.pools import PoolStore, prepare_pools
 from coordinator.results import NodeResult
-from fedtrace import blinding, group, psi
+from fedtrace import blinding, group, parallel, psi
 from fedtrace.wire import Level
 from tests.unit.test_match_in_memory import InMemoryFederation, eth
 
@@ -212,7 +212,7 @@ def test_warm_pool_paths_match_in_process(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(group, "PARALLEL_THRESHOLD", 8)
     group.exponentiate(hashed[:20], key, workers=2)  # starts the pool
     monkeypatch.undo()
-    assert group.pool_ready(2)
+    assert parallel.pool_ready(2)
     assert group.exponentiate(hashed, key, workers=2) == evaluated
     monkeypatch.setattr(group, "WARM_HASH_THRESHOLD", 8)
     assert group.hash_to_group_many(items, workers=2) == hashed

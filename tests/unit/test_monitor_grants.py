@@ -23,13 +23,14 @@ from coordinator.federation import Federation, MonitorEntry, load_federation
 from coordinator.match import MatchQuery, run_match
 from coordinator.transport import NodeConnection
 from fedtrace import opening, pki
+from fedtrace.cli.args import parse_moment
 from fedtrace.errors import ConfigError
 from fedtrace.v1 import node_pb2
 from fedtrace.wire import Level, NodeStatus
 from node.audit import AUDIT_DIR
 from node.audit.show import entries
 from node.auth import IdentityInterceptor
-from node.openings import export, parse_since, stored_count
+from node.openings import export, stored_count
 from node.policy.explain import describe_grant
 from node.policy.parse import parse_policy
 from tests.unit.test_match_in_memory import FakeContext, InMemoryFederation, eth
@@ -163,7 +164,7 @@ def test_sealed_query_is_answered_stored_and_exported(
         export(node.state.database, trail, "EE", "OVS", tmp_path / "out")
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     assert export(node.state.database, trail, "EE", "OVS", tmp_path / "new", later).count == 0
-    assert parse_since("2026-01-01") == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert parse_moment("--since", "2026-01-01") == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class _SwapPoints:
